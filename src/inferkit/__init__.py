@@ -1,0 +1,89 @@
+"""inferkit: run trained Stable Diffusion family image models from Python, offline, typed.
+
+Example:
+    >>> import inferkit
+    >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+    >>> result = model.infer("a lighthouse at dusk", steps=2, seed=7, progress=False)
+    >>> result.images[0].seed, result.params.scheduler
+    (7, 'pndm')
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+from inferkit import testing
+from inferkit.errors import (
+    DeviceUnavailableError,
+    InferenceCancelled,
+    InferkitError,
+    InvalidParameterError,
+    ModelClosedError,
+    ModelNotFoundError,
+    OfflineError,
+    UnknownSchedulerError,
+    UnsupportedModelError,
+)
+from inferkit.loaders import (
+    Components,
+    Loader,
+    LoadOptions,
+    loaders,
+    register_loader,
+    unregister_loader,
+)
+from inferkit.metadata import ImageMetadata, read_metadata
+from inferkit.model import Model
+from inferkit.params import GenerationParams, ResolvedParams
+from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
+from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, StepInfo, Timings
+from inferkit.schedulers import (
+    SamplerChoice,
+    SamplerSpec,
+    register_scheduler,
+    resolve_scheduler,
+    samplers,
+)
+
+try:
+    __version__ = _metadata.version("inferkit")
+except _metadata.PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "Components",
+    "DeviceUnavailableError",
+    "DevicePolicy",
+    "ExecutionPlan",
+    "GeneratedImage",
+    "GenerationParams",
+    "ImageMetadata",
+    "InferenceCancelled",
+    "InferenceResult",
+    "InferkitError",
+    "InvalidParameterError",
+    "LoadOptions",
+    "Loader",
+    "Model",
+    "ModelClosedError",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "OfflineError",
+    "Policy",
+    "ResolvedParams",
+    "SamplerChoice",
+    "SamplerSpec",
+    "StepInfo",
+    "Timings",
+    "UnknownSchedulerError",
+    "UnsupportedModelError",
+    "__version__",
+    "loaders",
+    "read_metadata",
+    "register_loader",
+    "register_scheduler",
+    "resolve_scheduler",
+    "samplers",
+    "testing",
+    "unregister_loader",
+]

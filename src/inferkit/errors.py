@@ -1,0 +1,196 @@
+"""The inferkit exception tree.
+
+Every error inferkit raises derives from :class:`InferkitError` and also from the builtin
+exception a caller would naturally catch, so ``except FileNotFoundError`` keeps working::
+
+    InferkitError (Exception)
+    ├── ModelNotFoundError        (+ FileNotFoundError)  no such file, folder, or cached hub repo
+    │   └── OfflineError          (+ ConnectionError)    it would need a download, but we are offline
+    ├── UnsupportedModelError     (+ ValueError)         the source exists but is not a model we run
+    ├── InvalidParameterError     (+ ValueError)         a generation or load argument is out of range
+    │   └── UnknownSchedulerError (+ KeyError)           a sampler name matches no registered sampler
+    ├── DeviceUnavailableError    (+ RuntimeError)       the requested device or dtype cannot be used
+    ├── ModelClosedError          (+ RuntimeError)       ``infer`` after ``Model.close()``
+    └── InferenceCancelled        (+ RuntimeError)       a step callback asked to stop
+
+Each error's message names the file or argument and says what to do about it. Errors raised
+because of another exception keep it as ``__cause__``.
+
+Example:
+    >>> import inferkit
+    >>> try:
+    ...     inferkit.GenerationParams("a cat", steps=0)
+    ... except inferkit.InvalidParameterError as e:
+    ...     print(e.name, e.value)
+    steps 0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "DeviceUnavailableError",
+    "InferenceCancelled",
+    "InferkitError",
+    "InvalidParameterError",
+    "ModelClosedError",
+    "ModelNotFoundError",
+    "OfflineError",
+    "UnknownSchedulerError",
+    "UnsupportedModelError",
+]
+
+
+class InferkitError(Exception):
+    """Base class of every error inferkit raises.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.ModelNotFoundError, inferkit.InferkitError)
+        True
+    """
+
+
+class ModelNotFoundError(InferkitError, FileNotFoundError):
+    """A model source does not exist: no such file or folder, and no such repo in the hub cache.
+
+    Attributes:
+        source: the path or repo id that was asked for.
+
+    Example:
+        >>> import inferkit
+        >>> try:
+        ...     inferkit.Model.load("./no-such-model")
+        ... except FileNotFoundError as e:
+        ...     print(type(e).__name__)
+        ModelNotFoundError
+    """
+
+    def __init__(self, message: str, *, source: str) -> None:
+        super().__init__(message)
+        self.source = source
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OfflineError(ModelNotFoundError, ConnectionError):
+    """The model is not available locally and downloading is disabled or impossible.
+
+    Raised instead of trying the network when ``HF_HUB_OFFLINE=1`` or ``local_files_only=True``.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.OfflineError, ConnectionError)
+        True
+    """
+
+
+class UnsupportedModelError(InferkitError, ValueError):
+    """The source exists but is not a model inferkit can run (unknown layout or pipeline class).
+
+    Attributes:
+        source: the path or repo id.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.UnsupportedModelError, ValueError)
+        True
+    """
+
+    def __init__(self, message: str, *, source: str) -> None:
+        super().__init__(message)
+        self.source = source
+
+
+class InvalidParameterError(InferkitError, ValueError):
+    """A generation or load argument has a value that is not allowed.
+
+    Attributes:
+        name: the parameter's name, as the user spells it (``"steps"``, ``"width"``).
+        value: the value that was refused.
+        allowed: a short description of what is allowed.
+
+    Example:
+        >>> import inferkit
+        >>> try:
+        ...     inferkit.GenerationParams("a cat", guidance=-1.0)
+        ... except ValueError as e:
+        ...     print(e)
+        guidance=-1.0 is not allowed: must be a finite number >= 0
+    """
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        super().__init__(f"{name}={value!r} is not allowed: {allowed}")
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+
+
+class UnknownSchedulerError(InvalidParameterError, KeyError):
+    """A scheduler name matches no registered sampler; the message suggests close matches.
+
+    Attributes:
+        suggestions: registered names close to the one given.
+
+    Example:
+        >>> import inferkit
+        >>> try:
+        ...     inferkit.GenerationParams("a cat", scheduler="eulr a")
+        ... except inferkit.UnknownSchedulerError as e:
+        ...     print(e.suggestions[0])
+        euler_a
+    """
+
+    def __init__(self, value: str, suggestions: tuple[str, ...]) -> None:
+        hint = f"did you mean {', '.join(repr(s) for s in suggestions)}? " if suggestions else ""
+        super().__init__(
+            "scheduler",
+            value,
+            f"{hint}run `inferkit schedulers` to list every sampler",
+        )
+        self.suggestions = suggestions
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DeviceUnavailableError(InferkitError, RuntimeError):
+    """The requested device or dtype is not usable on this machine.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.DeviceUnavailableError, RuntimeError)
+        True
+    """
+
+
+class ModelClosedError(InferkitError, RuntimeError):
+    """The model was closed with :meth:`Model.close` and cannot run any more.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.ModelClosedError, RuntimeError)
+        True
+    """
+
+
+class InferenceCancelled(InferkitError, RuntimeError):
+    """A step callback returned ``False`` (or raised this), so generation stopped early.
+
+    Attributes:
+        step: the number of denoising steps completed before stopping.
+        total: the number of steps the run would have taken.
+
+    Example:
+        >>> import inferkit
+        >>> e = inferkit.InferenceCancelled(step=3, total=20)
+        >>> str(e)
+        'generation cancelled by the step callback after 3 of 20 steps'
+    """
+
+    def __init__(self, step: int, total: int) -> None:
+        super().__init__(f"generation cancelled by the step callback after {step} of {total} steps")
+        self.step = step
+        self.total = total

@@ -1,0 +1,195 @@
+"""One generation run: encode the prompt, denoise each batch of images, decode each image.
+
+The diffusers pipeline does the numerical work of the denoising loop; this module owns what
+inferkit promises around it: per-image seeds and noise, the sampler built fresh for each run,
+progress and cancellation, VAE precision, and timings for each stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from inferkit.errors import InferenceCancelled
+from inferkit.params import ResolvedParams
+from inferkit.policy import ExecutionPlan
+from inferkit.results import StepInfo, Timings
+from inferkit.schedulers import SamplerChoice, build_scheduler
+from inferkit.seeds import generators, initial_noise
+
+__all__ = ["RunOutput", "StepCallback", "run"]
+
+StepCallback = Callable[[StepInfo], "bool | None"]
+"""Called after every denoising step; returning ``False`` cancels the run."""
+
+
+@attrs.frozen
+class RunOutput:
+    """Decoded images, stage timings and warnings of one run."""
+
+    images: tuple[Any, ...]
+    timings: Timings
+    denoising_steps: int
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Progress:
+    """Counts steps across batches, feeds the tqdm bar and the user's callback."""
+
+    def __init__(self, batches: int, callback: StepCallback | None, show_bar: bool) -> None:
+        self.batches = batches
+        self.callback = callback
+        self.show_bar = show_bar
+        self.done = 0
+        self.total = 0
+        self.started = time.perf_counter()
+        self.bar: Any = None
+
+    def __call__(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.total == 0:
+            self.total = len(pipe.scheduler.timesteps) * self.batches
+            if self.show_bar:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=self.total, desc="inferkit", unit="step", leave=False)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.callback is not None:
+            info = StepInfo(
+                step=self.done,
+                total=self.total,
+                timestep=float(t),
+                elapsed=time.perf_counter() - self.started,
+            )
+            try:
+                keep_going = self.callback(info)
+            except InferenceCancelled:
+                raise InferenceCancelled(self.done, self.total) from None
+            if keep_going is False:
+                raise InferenceCancelled(self.done, self.total)
+        return kwargs
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _encode(pipe: Any, architecture: str, params: ResolvedParams, device: torch.device) -> dict[str, Any]:
+    do_cfg = params.guidance > 1
+    negative = params.negative_prompt or None
+    if architecture == "sdxl":
+        pe, npe, ppe, nppe = pipe.encode_prompt(
+            prompt=params.prompt,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=negative,
+        )
+        out = {"prompt_embeds": pe, "pooled_prompt_embeds": ppe}
+        if do_cfg:
+            out |= {"negative_prompt_embeds": npe, "negative_pooled_prompt_embeds": nppe}
+        return out
+    pe, npe = pipe.encode_prompt(
+        params.prompt, device, 1, do_cfg, negative_prompt=negative
+    )
+    out = {"prompt_embeds": pe}
+    if do_cfg:
+        out["negative_prompt_embeds"] = npe
+    return out
+
+
+def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
+    return {k: v.repeat(n, *([1] * (v.ndim - 1))) for k, v in embeds.items()}
+
+
+def decode(pipe: Any, latents: torch.Tensor, vae_dtype: torch.dtype) -> list[Any]:
+    """Decode latents to PIL images with the VAE in ``vae_dtype``, one image at a time."""
+    vae = pipe.vae
+    config = vae.config
+    mean = getattr(config, "latents_mean", None)
+    std = getattr(config, "latents_std", None)
+    images: list[Any] = []
+    for one in latents.split(1):
+        z = one.to(dtype=vae_dtype)
+        if mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+            s = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+            z = z * s / config.scaling_factor + m
+        else:
+            z = z / config.scaling_factor
+        pixels = vae.decode(z, return_dict=False)[0]
+        images.extend(pipe.image_processor.postprocess(pixels, output_type="pil"))
+    return images
+
+
+def run(
+    pipe: Any,
+    *,
+    architecture: str,
+    plan: ExecutionPlan,
+    params: ResolvedParams,
+    choice: SamplerChoice,
+    scheduler_config: dict[str, Any],
+    latent_channels: int,
+    vae_factor: int,
+    callback: StepCallback | None,
+    show_progress: bool,
+) -> RunOutput:
+    """Generate ``params.images`` images; see the module docstring for the guarantees."""
+    device = torch.device(getattr(pipe, "_execution_device", plan.device))
+    seeds: Sequence[int] = params.seeds
+    size = plan.max_batch if choice.sampler.batch_invariant else 1
+    batches = [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
+    noise_device = "cpu" if params.noise == "cpu" else device
+    shape = (latent_channels, params.height // vae_factor, params.width // vae_factor)
+    progress = _Progress(len(batches), callback, show_progress)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        embeds = _encode(pipe, architecture, params, device)
+        _sync(device)
+        encoded = time.perf_counter()
+        latents: list[torch.Tensor] = []
+        steps_run = 0
+        try:
+            for batch in batches:
+                pipe.scheduler = build_scheduler(choice, scheduler_config, noise_seed=batch[0])
+                gens = generators(batch, noise_device)
+                noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
+                out = pipe(
+                    **_repeat(embeds, len(batch)),
+                    num_inference_steps=params.steps,
+                    guidance_scale=params.guidance,
+                    guidance_rescale=params.guidance_rescale,
+                    height=params.height,
+                    width=params.width,
+                    latents=noise,
+                    generator=gens,
+                    output_type="latent",
+                    callback_on_step_end=progress,
+                    return_dict=False,
+                )
+                latents.append(out[0])
+                steps_run = len(pipe.scheduler.timesteps)
+        finally:
+            progress.close()
+        _sync(device)
+        denoised = time.perf_counter()
+        images = decode(pipe, torch.cat(latents), plan.vae_dtype)
+        _sync(device)
+        decoded = time.perf_counter()
+    timings = Timings(
+        text_encoding=encoded - start,
+        denoising=denoised - encoded,
+        decoding=decoded - denoised,
+        total=decoded - start,
+    )
+    return RunOutput(images=tuple(images), timings=timings, denoising_steps=steps_run)

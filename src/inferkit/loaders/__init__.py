@@ -1,0 +1,30 @@
+"""Loaders: turn a source into :class:`~inferkit.loaders.base.Components`."""
+
+from __future__ import annotations
+
+from inferkit.loaders.base import (
+    Components,
+    Loader,
+    LoadOptions,
+    loaders,
+    register_loader,
+    select_loader,
+    unregister_loader,
+)
+from inferkit.loaders.folder import FolderLoader
+from inferkit.loaders.hub import HubLoader
+
+register_loader(FolderLoader())
+register_loader(HubLoader())
+
+__all__ = [
+    "Components",
+    "FolderLoader",
+    "HubLoader",
+    "LoadOptions",
+    "Loader",
+    "loaders",
+    "register_loader",
+    "select_loader",
+    "unregister_loader",
+]

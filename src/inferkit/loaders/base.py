@@ -1,0 +1,208 @@
+"""What every loader returns, the Loader protocol, and the registry that picks one.
+
+A loader turns a *source* (a path, a repo id, ...) into :class:`Components`: the networks, the
+scheduler config and what was detected about the model. It knows files, not hardware.
+
+Example:
+    >>> import inferkit
+    >>> [loader.name for loader in inferkit.loaders()][:2]
+    ['diffusers-folder', 'hub-cache']
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import torch
+
+from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
+
+__all__ = [
+    "Components",
+    "LoadOptions",
+    "Loader",
+    "loaders",
+    "register_loader",
+    "select_loader",
+    "unregister_loader",
+]
+
+
+@attrs.frozen(kw_only=True)
+class LoadOptions:
+    """What :meth:`Model.load` passes to a loader.
+
+    Attributes:
+        dtype: the dtype the weights should be loaded in.
+        revision: hub revision (branch, tag or commit) for repo ids.
+        local_files_only: ``True`` never downloads; ``None`` follows ``HF_HUB_OFFLINE``.
+        extra: loader-specific keyword arguments that :meth:`Model.load` did not know.
+
+    Example:
+        >>> import torch
+        >>> LoadOptions(dtype=torch.float32).local_files_only is None
+        True
+    """
+
+    dtype: torch.dtype
+    revision: str | None = None
+    local_files_only: bool | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class Components:
+    """The loaded parts of a model and what the loader found out about it.
+
+    Attributes:
+        architecture: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        modules: the networks and tokenizers by diffusers' component names (``unet``, ``vae``,
+            ``text_encoder``, ``tokenizer``, and for SDXL ``text_encoder_2``, ``tokenizer_2``).
+        scheduler_config: the model's own scheduler config (the base for every sampler).
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        name: a short human name for the model (folder or repo name).
+        source: the source as the user gave it.
+        loader: the name of the loader that produced this.
+        files: the files the weights and configs came from (hashed for the model hash).
+        evidence: one line per decision the loader made, saying what decided it.
+        pipeline_options: pipeline-level settings the model carries (SDXL's
+            ``force_zeros_for_empty_prompt``).
+
+    Example:
+        >>> import inferkit
+        >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+        >>> model.info.architecture
+        'sd1'
+    """
+
+    architecture: str
+    modules: Mapping[str, Any]
+    scheduler_config: Mapping[str, Any]
+    prediction_type: str
+    name: str
+    source: str
+    loader: str
+    files: tuple[Path, ...] = ()
+    evidence: tuple[str, ...] = ()
+    pipeline_options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """A way to turn a source into :class:`Components`.
+
+    ``accepts`` must be cheap and must not raise for sources it does not handle; the first
+    registered loader that accepts a source loads it.
+
+    Example:
+        >>> import inferkit
+        >>> class Mine:
+        ...     name = "mine"
+        ...     def accepts(self, source, options): return source.startswith("mine:")
+        ...     def load(self, source, options): raise NotImplementedError
+        >>> isinstance(Mine(), inferkit.Loader)
+        True
+    """
+
+    name: str
+
+    def accepts(self, source: str, options: LoadOptions) -> bool:
+        """Return whether this loader handles ``source``."""
+        ...
+
+    def load(self, source: str, options: LoadOptions) -> Components:
+        """Load ``source``; raise an :class:`~inferkit.InferkitError` when it cannot."""
+        ...
+
+
+_registry: list[Loader] = []
+_lock = threading.Lock()
+_plugins_loaded = False
+
+
+def register_loader(loader: Loader, *, first: bool = False) -> None:
+    """Add a loader to the registry (last by default, or ``first=True`` to take precedence).
+
+    A loader registered under a name that is taken replaces the old one in its place.
+    Installed packages can also declare loaders under the ``inferkit.loaders`` entry-point group.
+
+    Example:
+        >>> import inferkit
+        >>> class Mine:
+        ...     name = "example-mine"
+        ...     def accepts(self, source, options): return source.startswith("mine:")
+        ...     def load(self, source, options): raise NotImplementedError
+        >>> inferkit.register_loader(Mine(), first=True)
+        >>> inferkit.loaders()[0].name
+        'example-mine'
+        >>> inferkit.unregister_loader("example-mine")
+    """
+    if not isinstance(loader, Loader):
+        raise InvalidParameterError("loader", loader, "must have name, accepts() and load()")
+    with _lock:
+        for i, existing in enumerate(_registry):
+            if existing.name == loader.name:
+                _registry[i] = loader
+                return
+        if first:
+            _registry.insert(0, loader)
+        else:
+            _registry.append(loader)
+
+
+def unregister_loader(name: str) -> None:
+    """Remove the loader called ``name`` from the registry (no error if absent).
+
+    Example:
+        >>> import inferkit
+        >>> inferkit.unregister_loader("not-registered")
+    """
+    with _lock:
+        _registry[:] = [loader for loader in _registry if loader.name != name]
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in metadata.entry_points(group="inferkit.loaders"):
+        factory = ep.load()
+        register_loader(factory() if isinstance(factory, type) else factory)
+
+
+def loaders() -> tuple[Loader, ...]:
+    """Return the registered loaders in the order they are tried."""
+    _load_plugins()
+    with _lock:
+        return tuple(_registry)
+
+
+def select_loader(source: str, options: LoadOptions) -> Loader:
+    """Return the first loader that accepts ``source``.
+
+    Raises:
+        ModelNotFoundError: the source is a path that does not exist.
+        UnsupportedModelError: the source exists but no loader accepts it.
+    """
+    for loader in loaders():
+        if loader.accepts(source, options):
+            return loader
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model not found: {source!r} is neither an existing file or folder nor a hub repo id "
+            "('org/name'); check the path",
+            source=source,
+        )
+    names = ", ".join(loader.name for loader in loaders())
+    raise UnsupportedModelError(
+        f"{source!r} is not a model any loader understands (tried: {names}); a diffusers folder "
+        "needs a model_index.json",
+        source=source,
+    )

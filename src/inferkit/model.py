@@ -1,0 +1,451 @@
+"""The :class:`Model`: load once with a loader and a policy, then ``infer`` many times."""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from inferkit.errors import (
+    InvalidParameterError,
+    ModelClosedError,
+    UnsupportedModelError,
+)
+from inferkit.generation import StepCallback, run
+from inferkit.hashing import files_sha256
+from inferkit.loaders import Components, LoadOptions, select_loader
+from inferkit.params import GenerationParams, ResolvedParams
+from inferkit.pipelines import build_pipeline, vae_scale_factor
+from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
+from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, image_record
+from inferkit.schedulers import (
+    SamplerChoice,
+    SamplerSpec,
+    build_scheduler,
+    normalize_name,
+    resolve_scheduler,
+    sampler_for_config,
+)
+from inferkit.seeds import draw_seed, image_seeds
+
+__all__ = ["Model"]
+
+_PARAM_NAMES = tuple(a.name for a in attrs.fields(GenerationParams))
+
+
+def _version() -> str:
+    from inferkit import __version__
+
+    return __version__
+
+
+def _default_choice(config: dict[str, Any], source: str) -> SamplerChoice:
+    found = sampler_for_config(config)
+    if found is not None:
+        return found
+    cls_name = str(config.get("_class_name", ""))
+    import diffusers
+
+    if not hasattr(diffusers, cls_name):
+        raise UnsupportedModelError(
+            f"{source!r} names scheduler class {cls_name!r}, which diffusers does not have; "
+            "pass scheduler='euler' (or another sampler) to Model.load",
+            source=source,
+        )
+    return SamplerChoice(SamplerSpec(normalize_name(cls_name), cls_name, cls_name))
+
+
+class Model:
+    """A loaded text-to-image model. Reusable, thread-safe, and closable.
+
+    Build one with :meth:`Model.load`; call :meth:`infer` as often as you like. Calls from
+    several threads are serialised, so each gets the result it would get alone.
+
+    Example:
+        >>> import inferkit
+        >>> with inferkit.Model.load(inferkit.testing.tiny_model_path("sd1")) as model:
+        ...     result = model.infer("a lighthouse at dusk", steps=2, seed=7, progress=False)
+        >>> result.images[0].seed
+        7
+    """
+
+    def __init__(
+        self,
+        components: Components,
+        pipeline: Any,
+        plan: ExecutionPlan,
+        default_scheduler: SamplerChoice,
+    ) -> None:
+        """Wrap loaded parts; use :meth:`Model.load` rather than calling this directly."""
+        self._components = components
+        self._pipeline = pipeline
+        self._plan = plan
+        self._default_scheduler = default_scheduler
+        self._lock = threading.RLock()
+        self._closed = False
+        self._sha256: str | None = None
+        unet = components.modules["unet"]
+        vae = components.modules["vae"]
+        self._vae_factor = vae_scale_factor(vae)
+        self._latent_channels = int(unet.config.in_channels)
+        self._native = int(unet.config.sample_size) * self._vae_factor
+        self._parameters = sum(
+            p.numel()
+            for m in components.modules.values()
+            if isinstance(m, torch.nn.Module)
+            for p in m.parameters()
+        )
+
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str],
+        *,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        scheduler: str | None = None,
+        policy: Policy | None = None,
+        revision: str | None = None,
+        local_files_only: bool | None = None,
+        **loader_options: Any,
+    ) -> Model:
+        """Load a model from a diffusers folder or a hub repo id (from the local cache).
+
+        Args:
+            source: a diffusers folder, or ``"org/name"`` resolved through the hub cache.
+            device: ``"auto"`` or a device; passed to the default policy.
+            dtype: ``"auto"`` or a dtype name; passed to the default policy.
+            scheduler: the sampler used when a call names none (default: the model's own).
+            policy: a :class:`Policy` object; default :class:`DevicePolicy`.
+            revision: hub branch, tag or commit to load (repo ids only).
+            local_files_only: ``True`` never downloads; ``None`` follows ``HF_HUB_OFFLINE``.
+            **loader_options: passed to the loader (for loaders that take extra options).
+
+        Raises:
+            ModelNotFoundError: the source does not exist.
+            OfflineError: a repo id is not cached and downloading is off.
+            UnsupportedModelError: the source is not a model inferkit runs.
+            InvalidParameterError: an argument is invalid.
+            DeviceUnavailableError: the device or dtype cannot be used here.
+
+        Example:
+            >>> import inferkit
+            >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"),
+            ...                             device="cpu", scheduler="DPM++ 2M Karras")
+            >>> model.info.default_scheduler
+            'dpmpp_2m_karras'
+        """
+        if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
+            raise InvalidParameterError(
+                "source", source, "must be a path to a model or a hub repo id ('org/name')"
+            )
+        if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+            raise InvalidParameterError("revision", revision, "must be a branch, tag or commit")
+        if local_files_only not in (None, True, False):
+            raise InvalidParameterError("local_files_only", local_files_only, "must be a bool")
+        choice = resolve_scheduler(scheduler) if scheduler is not None else None
+        the_policy = _policy(policy, device, dtype)
+        plan = the_policy.plan()
+        options = LoadOptions(
+            dtype=plan.dtype,
+            revision=revision,
+            local_files_only=local_files_only,
+            extra=loader_options,
+        )
+        text = os.fspath(source)
+        loader = select_loader(text, options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            components = loader.load(text, options)
+            plan = the_policy.finalize(plan, components.modules["vae"].config)
+            config = dict(components.scheduler_config)
+            default = choice or _default_choice(config, text)
+            pipeline = build_pipeline(components, build_scheduler(default, config))
+            pipeline.set_progress_bar_config(disable=True)
+            the_policy.apply(pipeline, plan)
+        return cls(components, pipeline, plan, default)
+
+    @property
+    def pipeline(self) -> Any:
+        """The underlying diffusers pipeline (an escape hatch; inferkit may replace it)."""
+        self._check_open()
+        return self._pipeline
+
+    @property
+    def plan(self) -> ExecutionPlan:
+        """The policy's decisions for this model."""
+        return self._plan
+
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the model's files (computed on first use, then remembered)."""
+        if self._sha256 is None:
+            files = self._components.files
+            root = Path(os.path.commonpath([str(f) for f in files])) if files else None
+            if root is not None and root.is_file():
+                root = root.parent
+            self._sha256 = files_sha256(files, root) if files else "0" * 64
+        return self._sha256
+
+    @property
+    def info(self) -> ModelInfo:
+        """What this model is: architecture, components, dtype, device, size, hash, evidence."""
+        c = self._components
+        return ModelInfo(
+            name=c.name,
+            source=c.source,
+            loader=c.loader,
+            architecture=c.architecture,
+            prediction_type=c.prediction_type,
+            components=tuple(c.modules),
+            parameters=self._parameters,
+            device=self._plan.device,
+            dtype=self._plan.dtype_name,
+            vae_dtype=self._plan.vae_dtype_name,
+            memory=self._plan.memory,
+            default_scheduler=self._default_scheduler.name,
+            hash=self.sha256[:10],
+            sha256=self.sha256,
+            evidence=c.evidence,
+            decisions=self._plan.reasons,
+        )
+
+    @property
+    def native_size(self) -> int:
+        """The image side length the model was trained for, in pixels."""
+        return self._native
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell; image sizes must be multiples of it."""
+        return self._vae_factor
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError(
+                f"model {self._components.name!r} was closed; load it again with Model.load"
+            )
+
+    def resolve(self, params: GenerationParams) -> tuple[ResolvedParams, SamplerChoice]:
+        """Fill in defaults and check ``params`` against this model, without generating.
+
+        Raises:
+            InvalidParameterError: a size is not a multiple of the VAE factor.
+
+        Example:
+            >>> import inferkit
+            >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> resolved, _ = model.resolve(inferkit.GenerationParams("a cat", seed=1))
+            >>> resolved.width, resolved.scheduler
+            (64, 'pndm')
+        """
+        f = self._vae_factor
+        sizes = {"width": params.width or self._native, "height": params.height or self._native}
+        for name, value in sizes.items():
+            if value % f:
+                raise InvalidParameterError(
+                    name,
+                    value,
+                    f"must be a positive multiple of {f}, this model's VAE factor "
+                    f"(nearest: {max(f, value // f * f)} or {value // f * f + f})",
+                )
+        if params.scheduler is not None:
+            choice = resolve_scheduler(params.scheduler, params.schedule)
+        else:
+            choice = self._default_scheduler
+        seed = params.seed if params.seed is not None else draw_seed()
+        resolved = ResolvedParams(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            steps=params.steps,
+            seed=seed,
+            seeds=image_seeds(seed, params.images),
+            guidance=float(params.guidance),
+            guidance_rescale=float(params.guidance_rescale),
+            width=sizes["width"],
+            height=sizes["height"],
+            images=params.images,
+            scheduler=choice.name,
+            scheduler_label=choice.label,
+            noise=params.noise,
+            device=self._plan.device,
+            dtype=self._plan.dtype_name,
+            vae_dtype=self._plan.vae_dtype_name,
+            memory=self._plan.memory,
+            denoising_steps=params.steps,
+        )
+        return resolved, choice
+
+    def infer(
+        self,
+        prompt: str | GenerationParams,
+        /,
+        *,
+        callback: StepCallback | None = None,
+        progress: bool | None = None,
+        **params: Any,
+    ) -> InferenceResult:
+        """Generate images from a prompt (or a prepared :class:`GenerationParams`).
+
+        Args:
+            prompt: the prompt, or a :class:`GenerationParams`; keyword arguments then override
+                its fields.
+            callback: called with a :class:`StepInfo` after each step; return ``False`` (or raise
+                :class:`InferenceCancelled`) to stop.
+            progress: show a progress bar; default: when stderr is a terminal.
+            **params: any :class:`GenerationParams` field (``steps``, ``seed``, ``guidance``, ...).
+
+        Raises:
+            InvalidParameterError: a parameter is invalid (before any model work starts).
+            InferenceCancelled: the callback stopped the run.
+            ModelClosedError: the model was closed.
+
+        Example:
+            >>> import inferkit
+            >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> r = model.infer("a cat", steps=2, seed=3, images=2, scheduler="euler_a",
+            ...                 progress=False)
+            >>> r.seeds, r.params.scheduler_label
+            ((3, 4), 'Euler a')
+        """
+        request = _make_params(prompt, params)
+        resolved, choice = self.resolve(request)
+        if callback is not None and not callable(callback):
+            raise InvalidParameterError("callback", callback, "must be callable or None")
+        show = sys.stderr.isatty() if progress is None else bool(progress)
+        notes = self._warnings(resolved)
+        with self._lock:
+            self._check_open()
+            out = run(
+                self._pipeline,
+                architecture=self._components.architecture,
+                plan=self._plan,
+                params=resolved,
+                choice=choice,
+                scheduler_config=dict(self._components.scheduler_config),
+                latent_channels=self._latent_channels,
+                vae_factor=self._vae_factor,
+                callback=callback,
+                show_progress=show,
+            )
+        resolved = attrs.evolve(resolved, denoising_steps=out.denoising_steps)
+        info = self.info
+        images = []
+        for index, (image, seed) in enumerate(zip(out.images, resolved.seeds, strict=True)):
+            record, text = image_record(
+                params=resolved, model=info, seed=seed, index=index, version=_version()
+            )
+            images.append(
+                GeneratedImage(image=image, seed=seed, index=index, metadata=record, infotext=text)
+            )
+        return InferenceResult(
+            images=tuple(images),
+            params=resolved,
+            timings=out.timings,
+            model=info,
+            warnings=notes,
+        )
+
+    def _warnings(self, params: ResolvedParams) -> tuple[str, ...]:
+        notes = []
+        if params.guidance <= 1 and params.negative_prompt:
+            notes.append(
+                "negative_prompt is ignored: guidance <= 1 turns classifier-free guidance off"
+            )
+        tokenizer = self._components.modules.get("tokenizer")
+        if tokenizer is not None:
+            limit = int(tokenizer.model_max_length)
+            for name in ("prompt", "negative_prompt"):
+                count = len(tokenizer(getattr(params, name)).input_ids)
+                if count > limit:
+                    notes.append(
+                        f"{name} is {count - 2} tokens; only the first {limit - 2} are used"
+                    )
+        return tuple(notes)
+
+    def close(self) -> None:
+        """Free the model's memory. Further :meth:`infer` calls raise :class:`ModelClosedError`.
+
+        Example:
+            >>> import inferkit
+            >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> model.close()
+            >>> model.closed
+            True
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            device = torch.device(self._plan.device)
+            self._pipeline = None
+            self._components = attrs.evolve(self._components, modules={})
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Model:
+        """Return the model; it is closed when the ``with`` block ends."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the model."""
+        self.close()
+
+    def __repr__(self) -> str:
+        """Show the model's name, architecture, device and dtype."""
+        c = self._components
+        state = ", closed" if self._closed else ""
+        return (
+            f"<inferkit.Model {c.name!r} {c.architecture} on {self._plan.device} "
+            f"{self._plan.dtype_name}{state}>"
+        )
+
+
+def _policy(policy: Policy | None, device: str, dtype: str | torch.dtype) -> Policy:
+    if policy is None:
+        return DevicePolicy(device=device, dtype=dtype)
+    if not isinstance(policy, Policy):
+        raise InvalidParameterError("policy", policy, "must have plan(), finalize() and apply()")
+    if device != "auto" or dtype != "auto":
+        if isinstance(policy, DevicePolicy):
+            return attrs.evolve(
+                policy,
+                device=device if device != "auto" else policy.device,
+                dtype=dtype if dtype != "auto" else policy.dtype,
+            )
+        raise InvalidParameterError(
+            "device" if device != "auto" else "dtype",
+            device if device != "auto" else dtype,
+            "set device and dtype on the policy object when you pass policy=",
+        )
+    return policy
+
+
+def _make_params(prompt: str | GenerationParams, overrides: dict[str, Any]) -> GenerationParams:
+    unknown = [k for k in overrides if k not in _PARAM_NAMES]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, _PARAM_NAMES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InvalidParameterError(
+            name, overrides[name], f"is not a generation parameter; {hint}known: {', '.join(_PARAM_NAMES)}"
+        )
+    if isinstance(prompt, GenerationParams):
+        return attrs.evolve(prompt, **overrides) if overrides else prompt
+    return GenerationParams(prompt, **overrides)
+
+

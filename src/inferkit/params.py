@@ -1,0 +1,176 @@
+"""Generation parameters: validated once, at the edge, then trusted by the inner code.
+
+Example:
+    >>> import attrs, inferkit
+    >>> base = inferkit.GenerationParams("a lighthouse at dusk", steps=20, seed=7)
+    >>> attrs.evolve(base, seed=8).seed
+    8
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import attrs
+
+from inferkit.errors import InvalidParameterError
+from inferkit.schedulers import resolve_scheduler
+
+__all__ = ["GenerationParams", "ResolvedParams"]
+
+SEED_LIMIT = 2**64
+"""Seeds are integers in ``[0, 2**64)``; image ``i`` uses ``(seed + i) % 2**64``."""
+
+NoiseSource = Literal["cpu", "device"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_prompt(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidParameterError(attribute.name, value, "must be a string")
+
+
+def _positive_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not _is_int(value) or value < 1:  # type: ignore[operator]
+        raise InvalidParameterError(attribute.name, value, "must be an integer >= 1")
+
+
+def _optional_size(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not _is_int(value) or value < 1:  # type: ignore[operator]
+        raise InvalidParameterError(
+            attribute.name,
+            value,
+            "must be a positive multiple of the model's VAE factor (8 for Stable Diffusion), "
+            "or None for the model's native size",
+        )
+
+
+def _check_seed(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not _is_int(value) or not 0 <= value < SEED_LIMIT:  # type: ignore[operator]
+        raise InvalidParameterError(
+            attribute.name, value, "must be an integer in [0, 2**64), or None to draw one"
+        )
+
+
+def _non_negative_float(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:  # type: ignore[arg-type, operator]
+        raise InvalidParameterError(attribute.name, value, "must be a finite number >= 0")
+
+
+def _unit_float(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0 <= value <= 1:  # type: ignore[operator]
+        raise InvalidParameterError(attribute.name, value, "must be a number in [0, 1]")
+
+
+def _check_scheduler(instance: GenerationParams, _: attrs.Attribute[Any], value: object) -> None:
+    if instance.schedule is not None and not isinstance(instance.schedule, str):
+        raise InvalidParameterError("schedule", instance.schedule, "must be a schedule name")
+    if value is None:
+        if instance.schedule is not None:
+            raise InvalidParameterError(
+                "schedule", instance.schedule, "needs a scheduler= to apply to"
+            )
+        return
+    if not isinstance(value, str):
+        raise InvalidParameterError("scheduler", value, "must be a sampler name such as 'euler'")
+    resolve_scheduler(value, instance.schedule)
+
+
+def _check_noise(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ("cpu", "device"):
+        raise InvalidParameterError(
+            attribute.name,
+            value,
+            "must be 'cpu' (same noise on every device) or 'device' (drawn on the model's device)",
+        )
+
+
+@attrs.frozen(kw_only=True)
+class GenerationParams:
+    """What to generate: validated on construction, reusable, varied with ``attrs.evolve``.
+
+    Attributes:
+        prompt: the text to generate from.
+        negative_prompt: what to steer away from ("" for none).
+        steps: number of sampler steps, >= 1.
+        seed: seed of the first image, an integer in ``[0, 2**64)``; ``None`` draws one and the
+            result records it. Image ``i`` uses ``seed + i``.
+        guidance: classifier-free guidance scale, >= 0; values <= 1 turn guidance off.
+        guidance_rescale: rescale of the guided prediction (0 = off), in ``[0, 1]``.
+        width: image width in pixels, a multiple of the model's VAE factor; ``None`` for native.
+        height: image height in pixels, like ``width``.
+        images: how many images to make, >= 1.
+        scheduler: sampler name (``"euler_a"``, ``"DPM++ 2M Karras"``); ``None`` for the model's.
+        schedule: sigma schedule (``"karras"``, ``"exponential"``, ``"beta"``), as in ComfyUI.
+        noise: ``"cpu"`` draws initial noise on the CPU so that pixels do not depend on the
+            device; ``"device"`` draws it on the model's device (faster, device-dependent).
+
+    Example:
+        >>> import inferkit
+        >>> p = inferkit.GenerationParams("a red circle", steps=10, seed=1, scheduler="Euler a")
+        >>> p.steps, p.scheduler
+        (10, 'Euler a')
+    """
+
+    prompt: str = attrs.field(validator=_check_prompt)
+    negative_prompt: str = attrs.field(default="", validator=_check_prompt)
+    steps: int = attrs.field(default=30, validator=_positive_int)
+    seed: int | None = attrs.field(default=None, validator=_check_seed)
+    guidance: float = attrs.field(default=7.0, validator=_non_negative_float)
+    guidance_rescale: float = attrs.field(default=0.0, validator=_unit_float)
+    width: int | None = attrs.field(default=None, validator=_optional_size)
+    height: int | None = attrs.field(default=None, validator=_optional_size)
+    images: int = attrs.field(default=1, validator=_positive_int)
+    schedule: str | None = attrs.field(default=None)
+    scheduler: str | None = attrs.field(default=None, validator=_check_scheduler)
+    noise: NoiseSource = attrs.field(default="cpu", validator=_check_noise)
+
+    def __init__(self, prompt: str, **kwargs: Any) -> None:
+        """Build parameters; ``prompt`` may be positional, everything else is by keyword."""
+        self.__attrs_init__(prompt=prompt, **kwargs)  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class ResolvedParams:
+    """Parameters as they actually ran: every default filled in, every choice recorded.
+
+    Example:
+        >>> import inferkit
+        >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+        >>> r = model.infer("a red circle", steps=2, seed=3, progress=False).params
+        >>> r.seeds, r.scheduler, r.device
+        ((3,), 'pndm', 'cpu')
+    """
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    seed: int
+    seeds: tuple[int, ...]
+    guidance: float
+    guidance_rescale: float
+    width: int
+    height: int
+    images: int
+    scheduler: str
+    scheduler_label: str
+    noise: NoiseSource
+    device: str
+    dtype: str
+    vae_dtype: str
+    memory: tuple[str, ...]
+    denoising_steps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of every field."""
+        return attrs.asdict(self)

@@ -1,0 +1,52 @@
+"""Build the diffusers pipeline for a family from loaded components."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inferkit.loaders.base import Components
+
+__all__ = ["build_pipeline", "vae_scale_factor"]
+
+
+def build_pipeline(components: Components, scheduler: Any) -> Any:
+    """Return a text-to-image diffusers pipeline over ``components`` (no safety checker).
+
+    Example:
+        >>> import inferkit
+        >>> m = inferkit.Model.load(inferkit.testing.tiny_model_path("sd2"))
+        >>> type(m.pipeline).__name__
+        'StableDiffusionPipeline'
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    mods = dict(components.modules)
+    if components.architecture == "sdxl":
+        return StableDiffusionXLPipeline(
+            vae=mods["vae"],
+            text_encoder=mods["text_encoder"],
+            text_encoder_2=mods["text_encoder_2"],
+            tokenizer=mods["tokenizer"],
+            tokenizer_2=mods["tokenizer_2"],
+            unet=mods["unet"],
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=bool(
+                components.pipeline_options.get("force_zeros_for_empty_prompt", True)
+            ),
+            add_watermarker=False,
+        )
+    return StableDiffusionPipeline(
+        vae=mods["vae"],
+        text_encoder=mods["text_encoder"],
+        tokenizer=mods["tokenizer"],
+        unet=mods["unet"],
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent cell: 2 ** (number of VAE levels - 1), 8 for Stable Diffusion."""
+    return int(2 ** (len(vae.config.block_out_channels) - 1))

@@ -1,0 +1,233 @@
+"""Typed, immutable results: what was made and exactly how.
+
+Example:
+    >>> import inferkit
+    >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+    >>> result = model.infer("a red circle", steps=2, seed=5, images=2, progress=False)
+    >>> [im.seed for im in result.images], result.params.scheduler
+    ([5, 6], 'pndm')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from inferkit.metadata import JSON_KEY, PARAMETERS_KEY, check_png_path, format_infotext
+from inferkit.params import ResolvedParams
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["GeneratedImage", "InferenceResult", "ModelInfo", "StepInfo", "Timings"]
+
+
+@attrs.frozen(kw_only=True)
+class StepInfo:
+    """Progress of one denoising step, passed to a step callback.
+
+    Attributes:
+        step: steps completed so far in this call (1-based), across all images.
+        total: steps the call will take in all.
+        timestep: the sampler's timestep at this step.
+        elapsed: seconds since denoising started.
+
+    Example:
+        >>> StepInfo(step=1, total=4, timestep=999.0, elapsed=0.1).fraction
+        0.25
+    """
+
+    step: int
+    total: int
+    timestep: float
+    elapsed: float
+
+    @property
+    def fraction(self) -> float:
+        """How far along the call is, from 0 to 1."""
+        return self.step / self.total if self.total else 1.0
+
+
+@attrs.frozen(kw_only=True)
+class Timings:
+    """Wall-clock seconds spent in each stage of one call.
+
+    Example:
+        >>> Timings(text_encoding=0.1, denoising=1.0, decoding=0.2, total=1.4).total
+        1.4
+    """
+
+    text_encoding: float
+    denoising: float
+    decoding: float
+    total: float
+
+
+@attrs.frozen(kw_only=True)
+class ModelInfo:
+    """What a loaded model is.
+
+    Attributes:
+        name: short human name (folder or repo name).
+        source: the source as given to :meth:`Model.load`.
+        loader: the loader that read it.
+        architecture: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        components: the component names (``unet``, ``vae``, ...).
+        parameters: number of weights in all networks.
+        device: where it runs.
+        dtype: the networks' dtype.
+        vae_dtype: the VAE's dtype.
+        memory: memory strategies in use.
+        default_scheduler: the sampler used when a call names none.
+        hash: short sha256 of the weight and config files (10 hex digits, as AUTOMATIC1111).
+        sha256: the full sha256 behind ``hash``.
+        evidence: how the loader decided architecture and prediction type.
+        decisions: how the policy decided device, dtype and memory.
+
+    Example:
+        >>> import inferkit
+        >>> info = inferkit.Model.load(inferkit.testing.tiny_model_path("sdxl")).info
+        >>> info.architecture, "text_encoder_2" in info.components
+        ('sdxl', True)
+    """
+
+    name: str
+    source: str
+    loader: str
+    architecture: str
+    prediction_type: str
+    components: tuple[str, ...]
+    parameters: int
+    device: str
+    dtype: str
+    vae_dtype: str
+    memory: tuple[str, ...]
+    default_scheduler: str
+    hash: str
+    sha256: str
+    evidence: tuple[str, ...]
+    decisions: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return attrs.asdict(self)
+
+
+@attrs.frozen(kw_only=True)
+class GeneratedImage:
+    """One generated image with its seed and the full record of how it was made.
+
+    Attributes:
+        image: the picture, a ``PIL.Image.Image``.
+        seed: the seed that made this image.
+        index: position in the call (0-based).
+        metadata: the JSON record saved into PNG files.
+        infotext: AUTOMATIC1111-style ``parameters`` text.
+
+    Example:
+        >>> import inferkit, tempfile, os
+        >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+        >>> img = model.infer("a cat", steps=2, seed=1, progress=False).images[0]
+        >>> img.image.size
+        (64, 64)
+    """
+
+    image: Image.Image
+    seed: int
+    index: int
+    metadata: Mapping[str, Any]
+    infotext: str
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the image as PNG with ``parameters`` (infotext) and ``inferkit`` (JSON) chunks.
+
+        Returns:
+            The path written.
+
+        Raises:
+            InvalidParameterError: the path does not end in ``.png``.
+        """
+        from PIL.PngImagePlugin import PngInfo
+
+        out = Path(path)
+        check_png_path(out)
+        info = PngInfo()
+        info.add_text(PARAMETERS_KEY, self.infotext)
+        info.add_text(JSON_KEY, json.dumps(self.metadata, sort_keys=True))
+        self.image.save(out, format="PNG", pnginfo=info)
+        return out
+
+
+@attrs.frozen(kw_only=True)
+class InferenceResult:
+    """Everything one :meth:`Model.infer` call made and decided.
+
+    Attributes:
+        images: the images, in seed order.
+        params: the parameters as they ran (defaults filled, scheduler, device, dtype).
+        timings: seconds per stage.
+        model: what model made them.
+        warnings: things the user should know (ignored arguments, fallbacks taken).
+
+    Example:
+        >>> import inferkit
+        >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+        >>> result = model.infer("a cat", steps=2, seed=1, progress=False)
+        >>> result.params.seed, len(result.images)
+        (1, 1)
+    """
+
+    images: tuple[GeneratedImage, ...]
+    params: ResolvedParams
+    timings: Timings
+    model: ModelInfo
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seed of each image."""
+        return tuple(im.seed for im in self.images)
+
+
+def image_record(
+    *, params: ResolvedParams, model: ModelInfo, seed: int, index: int, version: str
+) -> tuple[dict[str, Any], str]:
+    """Build the JSON record and the infotext for one image."""
+    record: dict[str, Any] = {
+        "inferkit": version,
+        "seed": seed,
+        "index": index,
+        "params": params.as_dict(),
+        "model": {
+            "name": model.name,
+            "hash": model.hash,
+            "sha256": model.sha256,
+            "architecture": model.architecture,
+            "prediction_type": model.prediction_type,
+        },
+    }
+    label, schedule_label = params.scheduler_label, None
+    for sched in ("Karras", "Exponential", "Beta"):
+        if label.endswith(" " + sched):
+            label, schedule_label = label[: -len(sched) - 1], sched
+    fields = {
+        "Steps": params.steps,
+        "Sampler": label,
+        "Schedule type": schedule_label,
+        "CFG scale": params.guidance,
+        "Seed": seed,
+        "Size": f"{params.width}x{params.height}",
+        "Model hash": model.hash,
+        "Model": model.name,
+        "Version": f"inferkit {version}",
+    }
+    text = format_infotext(
+        prompt=params.prompt, negative_prompt=params.negative_prompt, fields=fields
+    )
+    return record, text

@@ -1,0 +1,65 @@
+"""Seeds and initial noise: image ``i`` of a call with seed ``s`` uses seed ``s + i``.
+
+Noise for each image comes from its own generator, so an image's pixels do not depend on how
+many other images share its batch. By default the noise is drawn on the CPU in float32, so they
+do not depend on the device or dtype either.
+
+Example:
+    >>> image_seeds(7, 3)
+    (7, 8, 9)
+    >>> image_seeds(2**64 - 1, 2)
+    (18446744073709551615, 0)
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["draw_seed", "generators", "image_seeds", "initial_noise"]
+
+_SEED_SPACE = 2**64
+
+
+def draw_seed() -> int:
+    """Draw a fresh seed (32 bits, so it is short to type back in).
+
+    Example:
+        >>> 0 <= draw_seed() < 2**32
+        True
+    """
+    return secrets.randbelow(2**32)
+
+
+def image_seeds(seed: int, count: int) -> tuple[int, ...]:
+    """Return the seeds of ``count`` images starting at ``seed`` (wrapping at 2**64)."""
+    return tuple((seed + i) % _SEED_SPACE for i in range(count))
+
+
+def generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """Return one seeded generator per image."""
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+def initial_noise(
+    gens: Sequence[torch.Generator],
+    shape: tuple[int, ...],
+    *,
+    device: str | torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Draw one latent per generator (``shape`` excludes the batch) and stack them.
+
+    Noise is drawn in float32 on each generator's device and then moved and cast, so that the
+    same seed gives the same noise in every dtype.
+
+    Example:
+        >>> a = initial_noise(generators([1, 2]), (4, 8, 8), device="cpu", dtype=torch.float32)
+        >>> b = initial_noise(generators([2]), (4, 8, 8), device="cpu", dtype=torch.float32)
+        >>> bool(torch.equal(a[1], b[0]))
+        True
+    """
+    parts = [torch.randn((1, *shape), generator=g, device=g.device, dtype=torch.float32) for g in gens]
+    return torch.cat(parts).to(device=device, dtype=dtype)

@@ -1,0 +1,279 @@
+"""Builders of tiny SD1.x / SD2.x / SDXL models in diffusers format."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["ARCHITECTURES", "tiny_model_path", "write_tiny_model"]
+
+Architecture = Literal["sd1", "sd2", "sdxl"]
+ARCHITECTURES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
+"""The families :func:`write_tiny_model` can write."""
+
+_TEXT_WIDTH = 32
+_SD_BETAS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to U+0100+.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, [chr(c) for c in codes], strict=True))
+
+
+def _write_tokenizer(folder: Path, *, pad_token: str) -> int:
+    """Write a small CLIP BPE tokenizer (byte alphabet plus a few merges); return vocab size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = list(_bytes_to_unicode().values())
+    vocab_list = alphabet + [c + "</w>" for c in alphabet]
+    merges = ["r e", "e d</w>", "c i", "o n", "t h", "th e</w>"]
+    vocab_list += [m.replace(" ", "") for m in merges]
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return len(vocab)
+
+
+def _text_encoder(vocab_size: int, *, act: str, projection: bool) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=_TEXT_WIDTH,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=_TEXT_WIDTH,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(config)
+
+
+def _vae(*, force_upcast: bool) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.18215 if not force_upcast else 0.13025,
+        force_upcast=force_upcast,
+    )
+
+
+def _unet(architecture: Architecture) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    common: dict[str, Any] = {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "layers_per_block": 1,
+        "block_out_channels": (32, 64),
+        "norm_num_groups": 32,
+    }
+    if architecture == "sd1":
+        return UNet2DConditionModel(
+            **common,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=_TEXT_WIDTH,
+            attention_head_dim=8,
+        )
+    if architecture == "sd2":
+        return UNet2DConditionModel(
+            **common,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=_TEXT_WIDTH,
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+        )
+    return UNet2DConditionModel(
+        **common,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=2 * _TEXT_WIDTH,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 2),
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + _TEXT_WIDTH,
+    )
+
+
+def _spread_weights(module: torch.nn.Module, generator: torch.Generator) -> None:
+    # Default initialisation leaves some layers (e.g. zero-initialised outputs) inert, so every
+    # image would be the same flat grey; spread weights so that images differ with the noise.
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.ndim >= 2:
+                fan_in = param[0].numel()
+                param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
+
+
+def write_tiny_model(
+    path: str | os.PathLike[str], architecture: str = "sd1", *, seed: int = 0
+) -> Path:
+    """Write a tiny random-weight model in diffusers folder format and return its path.
+
+    Args:
+        path: folder to write into (created if missing).
+        architecture: ``"sd1"``, ``"sd2"`` (v-prediction, linear attention projections, OpenCLIP
+            style text encoder) or ``"sdxl"`` (two text encoders, size/crop conditioning).
+        seed: seed of the weights; the same seed writes the same weights.
+
+    Example:
+        >>> import inferkit.testing, tempfile
+        >>> p = inferkit.testing.write_tiny_model(tempfile.mkdtemp(), "sdxl")
+        >>> (p / "model_index.json").exists()
+        True
+    """
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+    )
+    from transformers import CLIPTokenizer
+
+    if architecture not in ARCHITECTURES:
+        from inferkit.errors import InvalidParameterError
+
+        raise InvalidParameterError(
+            "architecture", architecture, f"must be one of {', '.join(ARCHITECTURES)}"
+        )
+    arch: Architecture = architecture  # type: ignore[assignment]
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tok_dir = root / "_tok"
+        vocab_size = _write_tokenizer(tok_dir, pad_token="!" if arch == "sd2" else "<|endoftext|>")
+        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+        unet = _unet(arch)
+        vae = _vae(force_upcast=arch == "sdxl")
+        act = "gelu" if arch == "sd2" else "quick_gelu"
+        text_encoder = _text_encoder(vocab_size, act=act, projection=False)
+        modules: list[torch.nn.Module] = [unet, vae, text_encoder]
+        if arch == "sdxl":
+            text_encoder_2 = _text_encoder(vocab_size, act="gelu", projection=True)
+            modules.append(text_encoder_2)
+        for module in modules:
+            _spread_weights(module, generator)
+        pipe: Any
+        if arch == "sd1":
+            scheduler = PNDMScheduler(**_SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        elif arch == "sd2":
+            scheduler = DDIMScheduler(
+                **_SD_BETAS,
+                prediction_type="v_prediction",
+                set_alpha_to_one=False,
+                clip_sample=False,
+            )
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        else:
+            scheduler = EulerDiscreteScheduler(**_SD_BETAS, timestep_spacing="leading")
+            pipe = StableDiffusionXLPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer,
+                tokenizer_2=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                force_zeros_for_empty_prompt=True,
+            )
+        pipe.save_pretrained(root, safe_serialization=True)
+    for leftover in tok_dir.iterdir():
+        leftover.unlink()
+    tok_dir.rmdir()
+    return root
+
+
+_cache_lock = threading.Lock()
+_cache: dict[str, Path] = {}
+
+
+def tiny_model_path(architecture: str = "sd1") -> Path:
+    """Return a tiny model of ``architecture``, written once per process into a temporary folder.
+
+    Example:
+        >>> import inferkit.testing
+        >>> inferkit.testing.tiny_model_path("sd1") == inferkit.testing.tiny_model_path("sd1")
+        True
+    """
+    with _cache_lock:
+        if architecture not in _cache:
+            folder = tempfile.mkdtemp(prefix=f"inferkit-tiny-{architecture}-")
+            _cache[architecture] = write_tiny_model(folder, architecture)
+        return _cache[architecture]
