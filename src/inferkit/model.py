@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import torch
 
+from inferkit._quiet import quiet_libraries
 from inferkit.errors import (
     InvalidParameterError,
     ModelClosedError,
@@ -162,7 +163,7 @@ class Model:
         )
         text = os.fspath(source)
         loader = select_loader(text, options)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_libraries():
             warnings.simplefilter("ignore", FutureWarning)
             components = loader.load(text, options)
             plan = the_policy.finalize(plan, components.modules["vae"].config)

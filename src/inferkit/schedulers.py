@@ -265,6 +265,16 @@ def _lookup(key: str) -> SamplerSpec | None:
     return _registry[name] if name is not None else None
 
 
+def _suggest(key: str) -> tuple[str, ...]:
+    """Registered names close to ``key``, keeping a schedule suffix the user typed."""
+    base, suffix = key, ""
+    for candidate in SCHEDULES[1:]:
+        if key.endswith("_" + candidate):
+            base, suffix = key[: -len(candidate) - 1], "_" + candidate
+    matches = difflib.get_close_matches(base, list(_aliases), n=3, cutoff=0.5)
+    return tuple(dict.fromkeys(_aliases[m] + suffix for m in matches))
+
+
 def resolve_scheduler(name: str, schedule: str | None = None) -> SamplerChoice:
     """Turn a user's sampler name (and optional schedule) into a :class:`SamplerChoice`.
 
@@ -294,8 +304,7 @@ def resolve_scheduler(name: str, schedule: str | None = None) -> SamplerChoice:
                     suffix = candidate
                     break
     if spec is None:
-        suggestions = tuple(difflib.get_close_matches(key, list(_aliases), n=3, cutoff=0.5))
-        raise UnknownSchedulerError(name, tuple(dict.fromkeys(_aliases[s] for s in suggestions)))
+        raise UnknownSchedulerError(name, _suggest(key))
     chosen = schedule.strip().lower() if isinstance(schedule, str) else None
     if chosen is not None and suffix is not None and chosen != suffix:
         raise InvalidParameterError(

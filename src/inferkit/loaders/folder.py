@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from inferkit._quiet import quiet_libraries
 from inferkit.errors import UnsupportedModelError
 from inferkit.loaders.base import Components, LoadOptions
 
@@ -138,7 +137,7 @@ def load_folder(
     common: dict[str, Any] = {"local_files_only": True}
     weights: dict[str, Any] = {**common, "torch_dtype": options.dtype, "use_safetensors": True}
     modules: dict[str, Any] = {}
-    with warnings.catch_warnings(), _quiet_progress():
+    with warnings.catch_warnings(), quiet_libraries():
         warnings.filterwarnings("ignore", category=FutureWarning)
         modules["unet"] = _load(diffusers.UNet2DConditionModel, root / "unet", weights, source)
         modules["vae"] = _load(diffusers.AutoencoderKL, root / "vae", weights, source)
@@ -172,24 +171,6 @@ def load_folder(
             k: index[k] for k in ("force_zeros_for_empty_prompt",) if k in index
         },
     )
-
-
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """Hide diffusers' and transformers' per-file loading bars; restore the user's setting."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if d_on:
-            dlog.enable_progress_bar()
-        if t_on:
-            tlog.enable_progress_bar()
 
 
 def _load(cls: Any, folder: Path, kwargs: dict[str, Any], source: str) -> Any:

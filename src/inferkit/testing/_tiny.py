@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import torch
 
+from inferkit._quiet import quiet_libraries
+
 __all__ = ["ARCHITECTURES", "tiny_model_path", "write_tiny_model"]
 
 Architecture = Literal["sd1", "sd2", "sdxl"]
@@ -253,7 +255,8 @@ def write_tiny_model(
                 scheduler=scheduler,
                 force_zeros_for_empty_prompt=True,
             )
-        pipe.save_pretrained(root, safe_serialization=True)
+        with quiet_libraries():
+            pipe.save_pretrained(root, safe_serialization=True)
     for leftover in tok_dir.iterdir():
         leftover.unlink()
     tok_dir.rmdir()

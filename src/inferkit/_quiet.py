@@ -1,0 +1,33 @@
+"""Scoped silencing of the libraries' loading chatter; the user's own settings are restored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["quiet_libraries"]
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Hide diffusers'/transformers' per-file progress bars and import-time notices.
+
+    transformers warns once that its image processors fall back to PIL without torchvision when
+    diffusers' pipeline modules import them; inferkit never uses those processors.
+    """
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    t_level = tlog.get_verbosity()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(t_level)
+        if d_on:
+            dlog.enable_progress_bar()
+        if t_on:
+            tlog.enable_progress_bar()

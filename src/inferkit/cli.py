@@ -1,0 +1,186 @@
+"""The ``inferkit`` command: ``generate``, ``inspect``, ``schedulers``.
+
+Bad input exits with status 2 and one line on stderr (``inferkit: error: ...``), never a
+traceback.
+
+Example:
+    $ inferkit generate ./my-model "a lighthouse at dusk" --steps 20 --seed 7 -o out.png
+    $ inferkit inspect ./my-model
+    $ inferkit schedulers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from inferkit.errors import InferkitError, InvalidParameterError
+
+__all__ = ["main"]
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a size; use WIDTHxHEIGHT (768x512) or N")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from inferkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="inferkit", description="Run Stable Diffusion family models offline."
+    )
+    parser.add_argument("--version", action="version", version=f"inferkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images from a prompt")
+    gen.add_argument("model", help="diffusers folder or hub repo id (from the local cache)")
+    gen.add_argument("prompt")
+    gen.add_argument("-o", "--output", default="inferkit.png", help="PNG path (default %(default)s)")
+    gen.add_argument("--negative", default="", help="negative prompt")
+    gen.add_argument("--steps", type=int, default=30)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--guidance", type=float, default=7.0)
+    gen.add_argument("--scheduler", default=None, help="sampler name, see `inferkit schedulers`")
+    gen.add_argument("--schedule", default=None, help="sigma schedule: karras, exponential, beta")
+    gen.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT or N (default native)")
+    gen.add_argument("--images", type=int, default=1)
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--dtype", default="auto")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ins = sub.add_parser("inspect", help="show what a model is and how it was detected")
+    ins.add_argument("model")
+    ins.add_argument("--json", action="store_true", help="print JSON")
+
+    sch = sub.add_parser("schedulers", help="list the samplers and their schedules")
+    sch.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _outputs(output: str, count: int) -> list[Path]:
+    path = Path(output)
+    if path.suffix.lower() != ".png":
+        raise InvalidParameterError("--output", output, "must be a .png path")
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from inferkit.model import Model
+    from inferkit.params import GenerationParams
+
+    width, height = args.size if args.size else (None, None)
+    params = GenerationParams(
+        args.prompt,
+        negative_prompt=args.negative,
+        steps=args.steps,
+        seed=args.seed,
+        guidance=args.guidance,
+        width=width,
+        height=height,
+        images=args.images,
+        scheduler=args.scheduler,
+        schedule=args.schedule,
+    )
+    paths = _outputs(args.output, params.images)
+    with Model.load(args.model, device=args.device, dtype=args.dtype) as model:
+        result = model.infer(params, progress=not args.quiet and sys.stderr.isatty())
+    for image, path in zip(result.images, paths, strict=True):
+        image.save(path)
+        print(f"{path}  seed={image.seed}")
+    for note in result.warnings:
+        print(f"inferkit: warning: {note}", file=sys.stderr)
+    t = result.timings
+    print(
+        f"{result.params.scheduler_label}, {result.params.steps} steps, "
+        f"{result.params.width}x{result.params.height}, {result.params.device} "
+        f"{result.params.dtype}: {t.total:.2f} s (denoise {t.denoising:.2f} s)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from inferkit.model import Model
+
+    with Model.load(args.model) as model:
+        info = model.info
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2))
+        return 0
+    rows = [
+        ("name", info.name),
+        ("architecture", info.architecture),
+        ("prediction", info.prediction_type),
+        ("components", ", ".join(info.components)),
+        ("parameters", f"{info.parameters:,}"),
+        ("dtype", info.dtype),
+        ("scheduler", info.default_scheduler),
+        ("hash", info.hash),
+        ("loader", info.loader),
+    ]
+    for key, value in rows:
+        print(f"{key:<13}{value}")
+    print("evidence:")
+    for line in info.evidence:
+        print(f"  - {line}")
+    return 0
+
+
+def _schedulers(args: argparse.Namespace) -> int:
+    from inferkit.schedulers import samplers
+
+    specs = samplers()
+    if args.json:
+        data = [
+            {
+                "name": s.name,
+                "label": s.label,
+                "class": s.scheduler_class,
+                "aliases": list(s.aliases),
+                "schedules": list(s.schedules()),
+            }
+            for s in specs
+        ]
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{'name':<14}{'A1111 label':<14}{'schedules':<34}aliases")
+    for s in specs:
+        print(f"{s.name:<14}{s.label:<14}{', '.join(s.schedules()):<34}{', '.join(s.aliases)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    Example:
+        >>> main(["schedulers", "--json"]) == 0  # doctest: +ELLIPSIS
+        [...
+        True
+    """
+    args = _parser().parse_args(argv)
+    handlers = {"generate": _generate, "inspect": _inspect, "schedulers": _schedulers}
+    try:
+        return handlers[args.command](args)
+    except InferkitError as e:
+        print(f"inferkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("inferkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
