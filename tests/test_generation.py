@@ -8,9 +8,9 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
+from tests.conftest import pixels
 
 import inferkit
-from tests.conftest import pixels
 
 
 def test_image_i_uses_seed_plus_i(sd1: inferkit.Model) -> None:
@@ -158,7 +158,12 @@ def test_callback_returning_false_cancels(sd1: inferkit.Model) -> None:
     """Returning False from the callback raises InferenceCancelled with how far it got."""
     with pytest.raises(inferkit.InferenceCancelled) as e:
         sd1.infer(
-            "a cat", steps=5, seed=1, scheduler="euler", callback=lambda s: s.step < 2, progress=False
+            "a cat",
+            steps=5,
+            seed=1,
+            scheduler="euler",
+            callback=lambda s: s.step < 2,
+            progress=False,
         )
     assert (e.value.step, e.value.total) == (2, 5)
 
@@ -186,7 +191,9 @@ def test_model_still_works_after_a_cancelled_call(sd1: inferkit.Model) -> None:
     assert pixels(before.images[0]) == pixels(after.images[0])
 
 
-def test_progress_bar_is_drawn_on_request(sd1: inferkit.Model, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_is_drawn_on_request(
+    sd1: inferkit.Model, capsys: pytest.CaptureFixture[str]
+) -> None:
     """progress=True draws a tqdm bar on stderr; progress=False draws nothing."""
     sd1.infer("a cat", steps=2, seed=1, progress=False)
     assert "step" not in capsys.readouterr().err
@@ -208,7 +215,9 @@ def test_truncated_prompt_is_a_recorded_warning(sd1: inferkit.Model) -> None:
 
 def test_two_threads_get_the_results_they_would_get_alone(sd1: inferkit.Model) -> None:
     """Concurrent infer calls on one Model each get the correct images."""
-    expected = {s: pixels(sd1.infer("a cat", steps=3, seed=s, progress=False).images[0]) for s in (1, 2)}
+    expected = {
+        s: pixels(sd1.infer("a cat", steps=3, seed=s, progress=False).images[0]) for s in (1, 2)
+    }
     got: dict[int, bytes] = {}
     errors: list[BaseException] = []
 

@@ -239,7 +239,7 @@ def test_users_can_register_a_loader(tmp_path: Path) -> None:
         assert model.info.loader == "test-prefix" and model.info.architecture == "sd2"
     finally:
         inferkit.unregister_loader("test-prefix")
-    assert "test-prefix" not in [loader.name for loader in inferkit.loaders()]
+    assert "test-prefix" not in [loader.name for loader in inferkit.registered_loaders()]
 
 
 def test_first_accepting_loader_wins(tmp_path: Path, sd1_path: Path) -> None:

@@ -6,6 +6,7 @@ Example:
     >>> result = model.infer("a lighthouse at dusk", steps=2, seed=7, progress=False)
     >>> result.images[0].seed, result.params.scheduler
     (7, 'pndm')
+
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from inferkit.loaders import (
     Components,
     Loader,
     LoadOptions,
-    loaders,
     register_loader,
+    registered_loaders,
     unregister_loader,
 )
 from inferkit.metadata import ImageMetadata, read_metadata
@@ -78,7 +79,7 @@ __all__ = [
     "UnknownSchedulerError",
     "UnsupportedModelError",
     "__version__",
-    "loaders",
+    "registered_loaders",
     "read_metadata",
     "register_loader",
     "register_scheduler",

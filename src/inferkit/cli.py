@@ -7,6 +7,7 @@ Example:
     $ inferkit generate ./my-model "a lighthouse at dusk" --steps 20 --seed 7 -o out.png
     $ inferkit inspect ./my-model
     $ inferkit schedulers
+
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("model", help="diffusers folder or hub repo id (from the local cache)")
     gen.add_argument("prompt")
-    gen.add_argument("-o", "--output", default="inferkit.png", help="PNG path (default %(default)s)")
+    gen.add_argument(
+        "-o", "--output", default="inferkit.png", help="PNG path (default %(default)s)"
+    )
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--steps", type=int, default=30)
     gen.add_argument("--seed", type=int, default=None)
@@ -169,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["schedulers", "--json"]) == 0  # doctest: +ELLIPSIS
         [...
         True
+
     """
     args = _parser().parse_args(argv)
     handlers = {"generate": _generate, "inspect": _inspect, "schedulers": _schedulers}

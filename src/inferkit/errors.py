@@ -4,14 +4,14 @@ Every error inferkit raises derives from :class:`InferkitError` and also from th
 exception a caller would naturally catch, so ``except FileNotFoundError`` keeps working::
 
     InferkitError (Exception)
-    ├── ModelNotFoundError        (+ FileNotFoundError)  no such file, folder, or cached hub repo
-    │   └── OfflineError          (+ ConnectionError)    it would need a download, but we are offline
-    ├── UnsupportedModelError     (+ ValueError)         the source exists but is not a model we run
-    ├── InvalidParameterError     (+ ValueError)         a generation or load argument is out of range
-    │   └── UnknownSchedulerError (+ KeyError)           a sampler name matches no registered sampler
-    ├── DeviceUnavailableError    (+ RuntimeError)       the requested device or dtype cannot be used
-    ├── ModelClosedError          (+ RuntimeError)       ``infer`` after ``Model.close()``
-    └── InferenceCancelled        (+ RuntimeError)       a step callback asked to stop
+    ├── ModelNotFoundError      (+ FileNotFoundError)  no such file, folder or cached repo
+    │   └── OfflineError        (+ ConnectionError)    needs a download, but we are offline
+    ├── UnsupportedModelError   (+ ValueError)         exists, but is not a model we run
+    ├── InvalidParameterError   (+ ValueError)         an argument is out of range
+    │   └── UnknownSchedulerError (+ KeyError)         no sampler has this name
+    ├── DeviceUnavailableError  (+ RuntimeError)       device or dtype unusable here
+    ├── ModelClosedError        (+ RuntimeError)       ``infer`` after ``Model.close()``
+    └── InferenceCancelled      (+ RuntimeError)       a step callback asked to stop
 
 Each error's message names the file or argument and says what to do about it. Errors raised
 because of another exception keep it as ``__cause__``.
@@ -23,6 +23,7 @@ Example:
     ... except inferkit.InvalidParameterError as e:
     ...     print(e.name, e.value)
     steps 0
+
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class InferkitError(Exception):
         >>> import inferkit
         >>> issubclass(inferkit.ModelNotFoundError, inferkit.InferkitError)
         True
+
     """
 
 
@@ -65,6 +67,7 @@ class ModelNotFoundError(InferkitError, FileNotFoundError):
         ... except FileNotFoundError as e:
         ...     print(type(e).__name__)
         ModelNotFoundError
+
     """
 
     def __init__(self, message: str, *, source: str) -> None:
@@ -84,6 +87,7 @@ class OfflineError(ModelNotFoundError, ConnectionError):
         >>> import inferkit
         >>> issubclass(inferkit.OfflineError, ConnectionError)
         True
+
     """
 
 
@@ -97,6 +101,7 @@ class UnsupportedModelError(InferkitError, ValueError):
         >>> import inferkit
         >>> issubclass(inferkit.UnsupportedModelError, ValueError)
         True
+
     """
 
     def __init__(self, message: str, *, source: str) -> None:
@@ -119,6 +124,7 @@ class InvalidParameterError(InferkitError, ValueError):
         ... except ValueError as e:
         ...     print(e)
         guidance=-1.0 is not allowed: must be a finite number >= 0
+
     """
 
     def __init__(self, name: str, value: Any, allowed: str) -> None:
@@ -141,6 +147,7 @@ class UnknownSchedulerError(InvalidParameterError, KeyError):
         ... except inferkit.UnknownSchedulerError as e:
         ...     print(e.suggestions[0])
         euler_a
+
     """
 
     def __init__(self, value: str, suggestions: tuple[str, ...]) -> None:
@@ -163,6 +170,7 @@ class DeviceUnavailableError(InferkitError, RuntimeError):
         >>> import inferkit
         >>> issubclass(inferkit.DeviceUnavailableError, RuntimeError)
         True
+
     """
 
 
@@ -173,6 +181,7 @@ class ModelClosedError(InferkitError, RuntimeError):
         >>> import inferkit
         >>> issubclass(inferkit.ModelClosedError, RuntimeError)
         True
+
     """
 
 
@@ -188,6 +197,7 @@ class InferenceCancelled(InferkitError, RuntimeError):
         >>> e = inferkit.InferenceCancelled(step=3, total=20)
         >>> str(e)
         'generation cancelled by the step callback after 3 of 20 steps'
+
     """
 
     def __init__(self, step: int, total: int) -> None:

@@ -83,7 +83,9 @@ class _Progress:
             self.bar.close()
 
 
-def _encode(pipe: Any, architecture: str, params: ResolvedParams, device: torch.device) -> dict[str, Any]:
+def _encode(
+    pipe: Any, architecture: str, params: ResolvedParams, device: torch.device
+) -> dict[str, Any]:
     do_cfg = params.guidance > 1
     negative = params.negative_prompt or None
     if architecture == "sdxl":
@@ -98,9 +100,7 @@ def _encode(pipe: Any, architecture: str, params: ResolvedParams, device: torch.
         if do_cfg:
             out |= {"negative_prompt_embeds": npe, "negative_pooled_prompt_embeds": nppe}
         return out
-    pe, npe = pipe.encode_prompt(
-        params.prompt, device, 1, do_cfg, negative_prompt=negative
-    )
+    pe, npe = pipe.encode_prompt(params.prompt, device, 1, do_cfg, negative_prompt=negative)
     out = {"prompt_embeds": pe}
     if do_cfg:
         out["negative_prompt_embeds"] = npe
@@ -118,8 +118,8 @@ def decode(pipe: Any, latents: torch.Tensor, vae_dtype: torch.dtype) -> list[Any
     mean = getattr(config, "latents_mean", None)
     std = getattr(config, "latents_std", None)
     images: list[Any] = []
-    for one in latents.split(1):
-        z = one.to(dtype=vae_dtype)
+    for i in range(latents.shape[0]):
+        z = latents[i : i + 1].to(dtype=vae_dtype)
         if mean is not None and std is not None:
             m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
             s = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)

@@ -9,6 +9,7 @@ Example:
     >>> _ = f.write_text("hello")
     >>> file_sha256(f)[:10]
     '2cf24dba5f'
+
 """
 
 from __future__ import annotations

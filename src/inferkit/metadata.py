@@ -1,13 +1,14 @@
-"""Generation metadata in PNG files: AUTOMATIC1111's ``parameters`` infotext and a JSON record.
+r"""Generation metadata in PNG files: AUTOMATIC1111's ``parameters`` infotext and a JSON record.
 
 :meth:`GeneratedImage.save` writes both chunks; :func:`read_metadata` reads either back, so it
 also understands images made by AUTOMATIC1111, Forge and other tools that write infotext.
 
 Example:
-    >>> text = 'a cat\\nNegative prompt: blurry\\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5'
+    >>> text = "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Seed: 5"
     >>> meta = parse_infotext(text)
     >>> meta.prompt, meta.negative_prompt, meta.steps, meta.seed
     ('a cat', 'blurry', 20, 5)
+
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _SIZE = re.compile(r"^(\d+)x(\d+)$")
 
 @attrs.frozen(kw_only=True)
 class ImageMetadata:
-    """Generation settings read back from an image.
+    r"""Generation settings read back from an image.
 
     Attributes:
         prompt: the prompt.
@@ -62,9 +63,10 @@ class ImageMetadata:
         infotext: the raw infotext, or ``None``.
 
     Example:
-        >>> meta = parse_infotext("a dog\\nSteps: 5, Sampler: DPM++ 2M, Schedule type: Karras")
+        >>> meta = parse_infotext("a dog\nSteps: 5, Sampler: DPM++ 2M, Schedule type: Karras")
         >>> meta.sampler
         'DPM++ 2M Karras'
+
     """
 
     prompt: str
@@ -101,6 +103,7 @@ def format_infotext(
         ...                       fields={"Steps": 20, "Seed": 1}))
         a cat
         Steps: 20, Seed: 1
+
     """
     lines = [prompt]
     if negative_prompt:
@@ -130,14 +133,15 @@ def _maybe(convert: Any, value: str | None) -> Any:
 
 
 def parse_infotext(text: str) -> ImageMetadata:
-    """Parse AUTOMATIC1111 infotext into :class:`ImageMetadata`.
+    r"""Parse AUTOMATIC1111 infotext into :class:`ImageMetadata`.
 
     The last line is the ``Key: value`` line when it holds ``Steps:`` (as A1111 writes it);
     lines before a ``Negative prompt:`` line are the prompt, lines after it the negative prompt.
 
     Example:
-        >>> parse_infotext("a cat\\nSteps: 20, Size: 512x768").height
+        >>> parse_infotext("a cat\nSteps: 20, Size: 512x768").height
         768
+
     """
     lines = text.strip("\n").split("\n")
     params_line = ""
@@ -152,7 +156,16 @@ def parse_infotext(text: str) -> ImageMetadata:
             line = line[len("Negative prompt:") :].strip()
         target.append(line)
     fields = {k.strip(): _unquote(v) for k, v in _PARAM.findall(params_line)}
-    known = {"Steps", "Sampler", "Schedule type", "Seed", "CFG scale", "Size", "Model hash", "Model"}
+    known = {
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "Seed",
+        "CFG scale",
+        "Size",
+        "Model hash",
+        "Model",
+    }
     sampler = fields.get("Sampler")
     schedule = fields.get("Schedule type")
     if sampler and schedule and schedule.lower() not in {"automatic", "normal", "uniform"}:
@@ -211,6 +224,7 @@ def read_metadata(path: str | os.PathLike[str]) -> ImageMetadata:
         >>> out = result.images[0].save(os.path.join(tempfile.mkdtemp(), "x.png"))
         >>> inferkit.read_metadata(out).seed
         11
+
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -221,7 +235,9 @@ def read_metadata(path: str | os.PathLike[str]) -> ImageMetadata:
         with Image.open(file) as img:
             info = dict(img.info)
     except (UnidentifiedImageError, OSError) as e:
-        raise UnsupportedModelError(f"{file} is not an image PIL can read: {e}", source=str(file)) from e
+        raise UnsupportedModelError(
+            f"{file} is not an image PIL can read: {e}", source=str(file)
+        ) from e
     infotext = info.get(PARAMETERS_KEY)
     raw = info.get(JSON_KEY)
     if isinstance(raw, str):
@@ -245,6 +261,8 @@ def check_png_path(path: Path) -> None:
     """Refuse output paths whose suffix is not ``.png`` (metadata needs PNG text chunks)."""
     if path.suffix.lower() != ".png":
         raise InvalidParameterError(
-            "path", str(path), "must end in .png (metadata is stored in PNG text chunks); "
-            "use image.image.save() for other formats"
+            "path",
+            str(path),
+            "must end in .png (metadata is stored in PNG text chunks); "
+            "use image.image.save() for other formats",
         )

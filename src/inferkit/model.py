@@ -76,6 +76,7 @@ class Model:
         ...     result = model.infer("a lighthouse at dusk", steps=2, seed=7, progress=False)
         >>> result.images[0].seed
         7
+
     """
 
     def __init__(
@@ -143,6 +144,7 @@ class Model:
             ...                             device="cpu", scheduler="DPM++ 2M Karras")
             >>> model.info.default_scheduler
             'dpmpp_2m_karras'
+
         """
         if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
             raise InvalidParameterError(
@@ -247,6 +249,7 @@ class Model:
             >>> resolved, _ = model.resolve(inferkit.GenerationParams("a cat", seed=1))
             >>> resolved.width, resolved.scheduler
             (64, 'pndm')
+
         """
         f = self._vae_factor
         sizes = {"width": params.width or self._native, "height": params.height or self._native}
@@ -316,6 +319,7 @@ class Model:
             ...                 progress=False)
             >>> r.seeds, r.params.scheduler_label
             ((3, 4), 'Euler a')
+
         """
         request = _make_params(prompt, params)
         resolved, choice = self.resolve(request)
@@ -381,6 +385,7 @@ class Model:
             >>> model.close()
             >>> model.closed
             True
+
         """
         with self._lock:
             if self._closed:
@@ -443,10 +448,10 @@ def _make_params(prompt: str | GenerationParams, overrides: dict[str, Any]) -> G
         close = difflib.get_close_matches(name, _PARAM_NAMES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise InvalidParameterError(
-            name, overrides[name], f"is not a generation parameter; {hint}known: {', '.join(_PARAM_NAMES)}"
+            name,
+            overrides[name],
+            f"is not a generation parameter; {hint}known: {', '.join(_PARAM_NAMES)}",
         )
     if isinstance(prompt, GenerationParams):
         return attrs.evolve(prompt, **overrides) if overrides else prompt
     return GenerationParams(prompt, **overrides)
-
-

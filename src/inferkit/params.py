@@ -5,6 +5,7 @@ Example:
     >>> base = inferkit.GenerationParams("a lighthouse at dusk", steps=20, seed=7)
     >>> attrs.evolve(base, seed=8).seed
     8
+
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def _check_noise(_: Any, attribute: attrs.Attribute[Any], value: object) -> None
         )
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen
 class GenerationParams:
     """What to generate: validated on construction, reusable, varied with ``attrs.evolve``.
 
@@ -120,24 +121,21 @@ class GenerationParams:
         >>> p = inferkit.GenerationParams("a red circle", steps=10, seed=1, scheduler="Euler a")
         >>> p.steps, p.scheduler
         (10, 'Euler a')
+
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
-    negative_prompt: str = attrs.field(default="", validator=_check_prompt)
-    steps: int = attrs.field(default=30, validator=_positive_int)
-    seed: int | None = attrs.field(default=None, validator=_check_seed)
-    guidance: float = attrs.field(default=7.0, validator=_non_negative_float)
-    guidance_rescale: float = attrs.field(default=0.0, validator=_unit_float)
-    width: int | None = attrs.field(default=None, validator=_optional_size)
-    height: int | None = attrs.field(default=None, validator=_optional_size)
-    images: int = attrs.field(default=1, validator=_positive_int)
-    schedule: str | None = attrs.field(default=None)
-    scheduler: str | None = attrs.field(default=None, validator=_check_scheduler)
-    noise: NoiseSource = attrs.field(default="cpu", validator=_check_noise)
-
-    def __init__(self, prompt: str, **kwargs: Any) -> None:
-        """Build parameters; ``prompt`` may be positional, everything else is by keyword."""
-        self.__attrs_init__(prompt=prompt, **kwargs)  # type: ignore[attr-defined]
+    negative_prompt: str = attrs.field(default="", validator=_check_prompt, kw_only=True)
+    steps: int = attrs.field(default=30, validator=_positive_int, kw_only=True)
+    seed: int | None = attrs.field(default=None, validator=_check_seed, kw_only=True)
+    guidance: float = attrs.field(default=7.0, validator=_non_negative_float, kw_only=True)
+    guidance_rescale: float = attrs.field(default=0.0, validator=_unit_float, kw_only=True)
+    width: int | None = attrs.field(default=None, validator=_optional_size, kw_only=True)
+    height: int | None = attrs.field(default=None, validator=_optional_size, kw_only=True)
+    images: int = attrs.field(default=1, validator=_positive_int, kw_only=True)
+    schedule: str | None = attrs.field(default=None, kw_only=True)
+    scheduler: str | None = attrs.field(default=None, validator=_check_scheduler, kw_only=True)
+    noise: NoiseSource = attrs.field(default="cpu", validator=_check_noise, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +148,7 @@ class ResolvedParams:
         >>> r = model.infer("a red circle", steps=2, seed=3, progress=False).params
         >>> r.seeds, r.scheduler, r.device
         ((3,), 'pndm', 'cpu')
+
     """
 
     prompt: str

@@ -17,6 +17,7 @@ def build_pipeline(components: Components, scheduler: Any) -> Any:
         >>> m = inferkit.Model.load(inferkit.testing.tiny_model_path("sd2"))
         >>> type(m.pipeline).__name__
         'StableDiffusionPipeline'
+
     """
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 

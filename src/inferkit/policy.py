@@ -10,6 +10,7 @@ Example:
     >>> plan = inferkit.DevicePolicy(device="cpu").plan()
     >>> plan.device, plan.dtype_name
     ('cpu', 'float32')
+
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     Example:
         >>> dtype_name(torch.bfloat16)
         'bfloat16'
+
     """
     return str(dtype).removeprefix("torch.")
 
@@ -134,6 +136,7 @@ class ExecutionPlan:
         >>> import inferkit
         >>> inferkit.DevicePolicy(device="cpu").plan().reasons[0]
         "device 'cpu' as requested"
+
     """
 
     device: str
@@ -162,6 +165,7 @@ class Policy(Protocol):
         >>> import inferkit
         >>> isinstance(inferkit.DevicePolicy(), inferkit.Policy)
         True
+
     """
 
     def plan(self) -> ExecutionPlan:
@@ -206,14 +210,13 @@ class DevicePolicy:
         >>> import inferkit
         >>> inferkit.DevicePolicy(device="cpu", memory="vae_tiling").plan().memory
         ('vae_tiling',)
+
     """
 
     device: str = attrs.field(default="auto", validator=_check_device)
     dtype: str | torch.dtype = attrs.field(default="auto", validator=_check_dtype)
     vae_dtype: str | torch.dtype = attrs.field(default="auto", validator=_check_dtype)
-    memory: tuple[str, ...] = attrs.field(
-        default=(), converter=_to_memory, validator=_check_memory
-    )
+    memory: tuple[str, ...] = attrs.field(default=(), converter=_to_memory, validator=_check_memory)
     max_batch: int = attrs.field(default=1, validator=_check_batch)
 
     def _device(self) -> tuple[str, str]:

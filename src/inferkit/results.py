@@ -6,6 +6,7 @@ Example:
     >>> result = model.infer("a red circle", steps=2, seed=5, images=2, progress=False)
     >>> [im.seed for im in result.images], result.params.scheduler
     ([5, 6], 'pndm')
+
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class StepInfo:
     Example:
         >>> StepInfo(step=1, total=4, timestep=999.0, elapsed=0.1).fraction
         0.25
+
     """
 
     step: int
@@ -60,6 +62,7 @@ class Timings:
     Example:
         >>> Timings(text_encoding=0.1, denoising=1.0, decoding=0.2, total=1.4).total
         1.4
+
     """
 
     text_encoding: float
@@ -95,6 +98,7 @@ class ModelInfo:
         >>> info = inferkit.Model.load(inferkit.testing.tiny_model_path("sdxl")).info
         >>> info.architecture, "text_encoder_2" in info.components
         ('sdxl', True)
+
     """
 
     name: str
@@ -136,6 +140,7 @@ class GeneratedImage:
         >>> img = model.infer("a cat", steps=2, seed=1, progress=False).images[0]
         >>> img.image.size
         (64, 64)
+
     """
 
     image: Image.Image
@@ -152,6 +157,7 @@ class GeneratedImage:
 
         Raises:
             InvalidParameterError: the path does not end in ``.png``.
+
         """
         from PIL.PngImagePlugin import PngInfo
 
@@ -181,6 +187,7 @@ class InferenceResult:
         >>> result = model.infer("a cat", steps=2, seed=1, progress=False)
         >>> result.params.seed, len(result.images)
         (1, 1)
+
     """
 
     images: tuple[GeneratedImage, ...]

@@ -16,6 +16,7 @@ Example:
     'dpmpp_2m_karras'
     >>> inferkit.resolve_scheduler("euler_ancestral").label
     'Euler a'
+
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import difflib
 import inspect
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any
 
@@ -50,9 +51,15 @@ SCHEDULES: tuple[str, ...] = ("normal", "karras", "exponential", "beta")
 _SCHEDULE_LABELS = {"karras": "Karras", "exponential": "Exponential", "beta": "Beta"}
 
 
-def _freeze(options: Mapping[str, Any] | tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+def _freeze(
+    options: Mapping[str, Any] | tuple[tuple[str, Any], ...],
+) -> tuple[tuple[str, Any], ...]:
     items = options.items() if isinstance(options, Mapping) else options
     return tuple(sorted(items))
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
 
 
 @attrs.frozen
@@ -72,13 +79,14 @@ class SamplerSpec:
         >>> spec = SamplerSpec("euler", "Euler", "EulerDiscreteScheduler")
         >>> spec.name
         'euler'
+
     """
 
     name: str
     label: str
     scheduler_class: str
     options: tuple[tuple[str, Any], ...] = attrs.field(default=(), converter=_freeze)
-    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     batch_invariant: bool = True
 
     def scheduler_type(self) -> type[Any]:
@@ -95,9 +103,10 @@ class SamplerSpec:
             >>> import inferkit
             >>> inferkit.resolve_scheduler("euler").sampler.schedules()
             ('normal', 'karras', 'exponential', 'beta')
+
         """
         params = inspect.signature(self.scheduler_type().__init__).parameters
-        return ("normal",) + tuple(s for s in SCHEDULES[1:] if f"use_{s}_sigmas" in params)
+        return ("normal", *(s for s in SCHEDULES[1:] if f"use_{s}_sigmas" in params))
 
 
 @attrs.frozen
@@ -109,6 +118,7 @@ class SamplerChoice:
         >>> choice = inferkit.resolve_scheduler("Euler", schedule="karras")
         >>> choice.name, choice.label
         ('euler_karras', 'Euler Karras')
+
     """
 
     sampler: SamplerSpec
@@ -116,7 +126,7 @@ class SamplerChoice:
 
     @property
     def name(self) -> str:
-        """Canonical name: the sampler's name, plus ``_<schedule>`` unless the schedule is normal."""
+        """Canonical name: the sampler name, plus ``_<schedule>`` unless the schedule is normal."""
         if self.schedule == "normal":
             return self.sampler.name
         return f"{self.sampler.name}_{self.schedule}"
@@ -175,7 +185,9 @@ _BUILTIN: tuple[SamplerSpec, ...] = (
         aliases=("dpmpp_2s_ancestral", "k_dpmpp_2s_a"),
     ),
     SamplerSpec("ddim", "DDIM", "DDIMScheduler", options={"set_alpha_to_one": False}),
-    SamplerSpec("pndm", "PLMS", "PNDMScheduler", options={"skip_prk_steps": True}, aliases=("plms",)),
+    SamplerSpec(
+        "pndm", "PLMS", "PNDMScheduler", options={"skip_prk_steps": True}, aliases=("plms",)
+    ),
     SamplerSpec("unipc", "UniPC", "UniPCMultistepScheduler", aliases=("uni_pc", "uni_pc_bh2")),
     SamplerSpec("deis", "DEIS", "DEISMultistepScheduler"),
     SamplerSpec("lcm", "LCM", "LCMScheduler"),
@@ -195,6 +207,7 @@ def normalize_name(name: str) -> str:
         'dpmpp_2m_karras'
         >>> normalize_name("Euler a")
         'euler_a'
+
     """
     s = name.strip().lower().replace("++", "pp").replace("+", "p")
     s = re.sub(r"[^a-z0-9]+", "_", s)
@@ -217,6 +230,7 @@ def register_scheduler(spec: SamplerSpec, *, replace: bool = False) -> None:
         ...     inferkit.SamplerSpec("ddpm", "DDPM", "DDPMScheduler"), replace=True)
         >>> inferkit.resolve_scheduler("DDPM").name
         'ddpm'
+
     """
     keys = {normalize_name(n) for n in (spec.name, spec.label, *spec.aliases)}
     with _lock:
@@ -255,6 +269,7 @@ def samplers() -> tuple[SamplerSpec, ...]:
         >>> import inferkit
         >>> len(inferkit.samplers()) >= 12
         True
+
     """
     _load_plugins()
     return tuple(_registry.values())
@@ -266,7 +281,7 @@ def _lookup(key: str) -> SamplerSpec | None:
 
 
 def _suggest(key: str) -> tuple[str, ...]:
-    """Registered names close to ``key``, keeping a schedule suffix the user typed."""
+    """Return registered names close to ``key``, keeping a schedule suffix the user typed."""
     base, suffix = key, ""
     for candidate in SCHEDULES[1:]:
         if key.endswith("_" + candidate):
@@ -289,6 +304,7 @@ def resolve_scheduler(name: str, schedule: str | None = None) -> SamplerChoice:
         >>> import inferkit
         >>> inferkit.resolve_scheduler("dpmpp_2m", "karras").label
         'DPM++ 2M Karras'
+
     """
     _load_plugins()
     if not isinstance(name, str) or not name.strip():
@@ -327,9 +343,9 @@ def sampler_for_config(config: Mapping[str, Any]) -> SamplerChoice | None:
     """Find the registered sampler that a model's saved scheduler config describes, if any.
 
     Example:
-        >>> import inferkit
-        >>> inferkit.sampler_for_config({"_class_name": "EulerDiscreteScheduler"}).name
+        >>> sampler_for_config({"_class_name": "EulerDiscreteScheduler"}).name
         'euler'
+
     """
     cls_name = config.get("_class_name")
     for spec in samplers():
@@ -358,6 +374,7 @@ def build_scheduler(
         ...        "beta_start": 0.00085, "beta_end": 0.012}
         >>> type(build_scheduler(inferkit.resolve_scheduler("Euler a"), cfg)).__name__
         'EulerAncestralDiscreteScheduler'
+
     """
     cls = choice.sampler.scheduler_type()
     config = {k: v for k, v in base_config.items() if not k.startswith("_")}
@@ -366,6 +383,9 @@ def build_scheduler(
     config.update(dict(choice.sampler.options))
     if choice.schedule != "normal":
         config[f"use_{choice.schedule}_sigmas"] = True
-    if noise_seed is not None and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:
+    if (
+        noise_seed is not None
+        and "noise_sampler_seed" in inspect.signature(cls.__init__).parameters
+    ):
         config["noise_sampler_seed"] = noise_seed % 2**63
     return cls.from_config(config)

@@ -9,6 +9,7 @@ Example:
     (7, 8, 9)
     >>> image_seeds(2**64 - 1, 2)
     (18446744073709551615, 0)
+
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def draw_seed() -> int:
     Example:
         >>> 0 <= draw_seed() < 2**32
         True
+
     """
     return secrets.randbelow(2**32)
 
@@ -60,6 +62,9 @@ def initial_noise(
         >>> b = initial_noise(generators([2]), (4, 8, 8), device="cpu", dtype=torch.float32)
         >>> bool(torch.equal(a[1], b[0]))
         True
+
     """
-    parts = [torch.randn((1, *shape), generator=g, device=g.device, dtype=torch.float32) for g in gens]
+    parts = [
+        torch.randn((1, *shape), generator=g, device=g.device, dtype=torch.float32) for g in gens
+    ]
     return torch.cat(parts).to(device=device, dtype=dtype)

@@ -6,8 +6,8 @@ from inferkit.loaders.base import (
     Components,
     Loader,
     LoadOptions,
-    loaders,
     register_loader,
+    registered_loaders,
     select_loader,
     unregister_loader,
 )
@@ -23,7 +23,7 @@ __all__ = [
     "HubLoader",
     "LoadOptions",
     "Loader",
-    "loaders",
+    "registered_loaders",
     "register_loader",
     "select_loader",
     "unregister_loader",

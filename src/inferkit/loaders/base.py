@@ -5,8 +5,9 @@ scheduler config and what was detected about the model. It knows files, not hard
 
 Example:
     >>> import inferkit
-    >>> [loader.name for loader in inferkit.loaders()][:2]
+    >>> [loader.name for loader in inferkit.registered_loaders()][:2]
     ['diffusers-folder', 'hub-cache']
+
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = [
     "Components",
     "LoadOptions",
     "Loader",
-    "loaders",
+    "registered_loaders",
     "register_loader",
     "select_loader",
     "unregister_loader",
@@ -47,6 +48,7 @@ class LoadOptions:
         >>> import torch
         >>> LoadOptions(dtype=torch.float32).local_files_only is None
         True
+
     """
 
     dtype: torch.dtype
@@ -78,6 +80,7 @@ class Components:
         >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
         >>> model.info.architecture
         'sd1'
+
     """
 
     architecture: str
@@ -107,6 +110,7 @@ class Loader(Protocol):
         ...     def load(self, source, options): raise NotImplementedError
         >>> isinstance(Mine(), inferkit.Loader)
         True
+
     """
 
     name: str
@@ -138,9 +142,10 @@ def register_loader(loader: Loader, *, first: bool = False) -> None:
         ...     def accepts(self, source, options): return source.startswith("mine:")
         ...     def load(self, source, options): raise NotImplementedError
         >>> inferkit.register_loader(Mine(), first=True)
-        >>> inferkit.loaders()[0].name
+        >>> inferkit.registered_loaders()[0].name
         'example-mine'
         >>> inferkit.unregister_loader("example-mine")
+
     """
     if not isinstance(loader, Loader):
         raise InvalidParameterError("loader", loader, "must have name, accepts() and load()")
@@ -161,6 +166,7 @@ def unregister_loader(name: str) -> None:
     Example:
         >>> import inferkit
         >>> inferkit.unregister_loader("not-registered")
+
     """
     with _lock:
         _registry[:] = [loader for loader in _registry if loader.name != name]
@@ -176,8 +182,15 @@ def _load_plugins() -> None:
         register_loader(factory() if isinstance(factory, type) else factory)
 
 
-def loaders() -> tuple[Loader, ...]:
-    """Return the registered loaders in the order they are tried."""
+def registered_loaders() -> tuple[Loader, ...]:
+    """Return the registered loaders in the order they are tried.
+
+    Example:
+        >>> import inferkit
+        >>> "diffusers-folder" in [loader.name for loader in inferkit.registered_loaders()]
+        True
+
+    """
     _load_plugins()
     with _lock:
         return tuple(_registry)
@@ -189,8 +202,9 @@ def select_loader(source: str, options: LoadOptions) -> Loader:
     Raises:
         ModelNotFoundError: the source is a path that does not exist.
         UnsupportedModelError: the source exists but no loader accepts it.
+
     """
-    for loader in loaders():
+    for loader in registered_loaders():
         if loader.accepts(source, options):
             return loader
     path = Path(source).expanduser()
@@ -200,7 +214,7 @@ def select_loader(source: str, options: LoadOptions) -> Loader:
             "('org/name'); check the path",
             source=source,
         )
-    names = ", ".join(loader.name for loader in loaders())
+    names = ", ".join(loader.name for loader in registered_loaders())
     raise UnsupportedModelError(
         f"{source!r} is not a model any loader understands (tried: {names}); a diffusers folder "
         "needs a model_index.json",

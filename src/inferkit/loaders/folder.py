@@ -67,11 +67,13 @@ def detect_architecture(
                 f"unet use_linear_projection={linear}, cross_attention_dim={context} -> sd2"
             )
             return "sd2", tuple(evidence)
-        evidence.append(f"unet use_linear_projection={linear}, cross_attention_dim={context} -> sd1")
+        evidence.append(
+            f"unet use_linear_projection={linear}, cross_attention_dim={context} -> sd1"
+        )
         return "sd1", tuple(evidence)
     supported = ", ".join(sorted(_SD_PIPELINES | _SDXL_PIPELINES))
     raise UnsupportedModelError(
-        f"{source!r} is a {cls} model; inferkit runs only Stable Diffusion 1.x/2.x/XL ({supported})",
+        f"{source!r} is a {cls} model; inferkit runs Stable Diffusion 1.x/2.x/XL ({supported})",
         source=source,
     )
 
@@ -89,6 +91,7 @@ class FolderLoader:
         >>> path = str(inferkit.testing.tiny_model_path("sd1"))
         >>> loader.accepts(path, inferkit.LoadOptions(dtype=torch.float32))
         True
+
     """
 
     name = "diffusers-folder"
@@ -167,9 +170,7 @@ def load_folder(
         loader=loader,
         files=files,
         evidence=evidence,
-        pipeline_options={
-            k: index[k] for k in ("force_zeros_for_empty_prompt",) if k in index
-        },
+        pipeline_options={k: index[k] for k in ("force_zeros_for_empty_prompt",) if k in index},
     )
 
 
@@ -181,7 +182,7 @@ def _load(cls: Any, folder: Path, kwargs: dict[str, Any], source: str) -> Any:
         )
     try:
         module = cls.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise UnsupportedModelError(
             f"could not load {folder} as {cls.__name__}: {e}. The folder needs safetensors "
             "weights and a config.json; re-export it with save_pretrained(safe_serialization=True)",

@@ -9,6 +9,7 @@ Example:
     >>> path = inferkit.testing.write_tiny_model(tempfile.mkdtemp(), "sd2")
     >>> inferkit.Model.load(path).info.prediction_type
     'v_prediction'
+
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ def write_hub_cache_entry(
         >>> snap = inferkit.testing.write_hub_cache_entry(src, "me/tiny", tempfile.mkdtemp())
         >>> snap.parent.name
         'snapshots'
+
     """
     source = Path(model_dir)
     files = sorted(p for p in source.rglob("*") if p.is_file())

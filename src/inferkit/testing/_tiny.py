@@ -178,6 +178,7 @@ def write_tiny_model(
         >>> p = inferkit.testing.write_tiny_model(tempfile.mkdtemp(), "sdxl")
         >>> (p / "model_index.json").exists()
         True
+
     """
     from diffusers import (
         DDIMScheduler,
@@ -214,6 +215,7 @@ def write_tiny_model(
         for module in modules:
             _spread_weights(module, generator)
         pipe: Any
+        scheduler: Any
         if arch == "sd1":
             scheduler = PNDMScheduler(**_SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)
             pipe = StableDiffusionPipeline(
@@ -274,6 +276,7 @@ def tiny_model_path(architecture: str = "sd1") -> Path:
         >>> import inferkit.testing
         >>> inferkit.testing.tiny_model_path("sd1") == inferkit.testing.tiny_model_path("sd1")
         True
+
     """
     with _cache_lock:
         if architecture not in _cache:

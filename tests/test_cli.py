@@ -1,0 +1,94 @@
+"""The inferkit command, driven through a subprocess as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import inferkit
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "inferkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def test_generate_writes_pngs_with_metadata(sd1_path: Path, tmp_path: Path) -> None:
+    """`inferkit generate` writes one PNG per image with the seeds and settings inside."""
+    out = tmp_path / "cat.png"
+    proc = run(
+        "generate", str(sd1_path), "a cat", "--steps", "3", "--seed", "9", "--images", "2",
+        "--scheduler", "DPM++ 2M Karras", "--size", "64x48", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    files = [tmp_path / "cat-0.png", tmp_path / "cat-1.png"]
+    assert [inferkit.read_metadata(f).seed for f in files] == [9, 10]
+    meta = inferkit.read_metadata(files[0])
+    assert (meta.width, meta.height, meta.sampler) == (64, 48, "dpmpp_2m_karras")
+    assert "seed=9" in proc.stdout
+
+
+def test_generate_matches_the_python_api(sd1_path: Path, tmp_path: Path) -> None:
+    """The CLI and Model.infer make the same pixels for the same settings."""
+    out = tmp_path / "one.png"
+    assert (
+        run(
+            "generate", str(sd1_path), "a cat", "--steps", "2", "--seed", "4", "-o", str(out)
+        ).returncode
+        == 0
+    )
+    expected = inferkit.Model.load(sd1_path).infer("a cat", steps=2, seed=4, progress=False)
+    from PIL import Image
+
+    with Image.open(out) as img:
+        assert img.convert("RGB").tobytes() == expected.images[0].image.tobytes()
+
+
+def test_bad_input_exits_nonzero_with_one_line(sd1_path: Path, tmp_path: Path) -> None:
+    """Bad arguments give exit status 2 and a single 'inferkit: error:' line, no traceback."""
+    cases = [
+        ("generate", str(sd1_path), "x", "--scheduler", "eulr a"),
+        ("generate", str(sd1_path), "x", "--steps", "0"),
+        ("generate", str(sd1_path), "x", "--size", "70x64"),
+        ("generate", str(tmp_path / "missing"), "x"),
+        ("generate", str(sd1_path), "x", "-o", str(tmp_path / "x.jpg")),
+        ("inspect", str(tmp_path)),
+    ]
+    for args in cases:
+        proc = run(*args)
+        assert proc.returncode == 2, args
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("inferkit: error: "), proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_inspect_reports_the_model(tiny_paths: dict[str, Path]) -> None:
+    """`inferkit inspect --json` prints the model's info, evidence included."""
+    proc = run("inspect", str(tiny_paths["sd2"]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert (info["architecture"], info["prediction_type"]) == ("sd2", "v_prediction")
+    assert any("sd2" in line for line in info["evidence"])
+    text = run("inspect", str(tiny_paths["sd2"]))
+    assert "architecture sd2" in text.stdout
+
+
+def test_schedulers_lists_every_sampler() -> None:
+    """`inferkit schedulers` lists every registered sampler with its schedules."""
+    proc = run("schedulers", "--json")
+    assert proc.returncode == 0
+    listed = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert {s.name for s in inferkit.samplers() if not s.name.startswith("test")} <= set(listed)
+    assert "karras" in listed["dpmpp_2m"]["schedules"]
+    table = run("schedulers").stdout
+    assert "DPM++ 2M SDE" in table
