@@ -61,8 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--vae", default=None, help="replacement VAE (file or diffusers folder)")
+    gen.add_argument("--tokenizer", default=None, help="tokenizer folder (single files)")
+    gen.add_argument("--tokenizer-2", default=None, help="second tokenizer folder (SDXL files)")
+    gen.add_argument("--prediction", choices=["v", "epsilon"], default=None)
 
-    ins = sub.add_parser("inspect", help="show what a model is and how it was detected")
+    ins = sub.add_parser(
+        "inspect",
+        help="show what a model is and how it was detected (single files: header only)",
+    )
     ins.add_argument("model")
     ins.add_argument("--json", action="store_true", help="print JSON")
 
@@ -98,7 +105,17 @@ def _generate(args: argparse.Namespace) -> int:
         schedule=args.schedule,
     )
     paths = _outputs(args.output, params.images)
-    with Model.load(args.model, device=args.device, dtype=args.dtype) as model:
+    options = {
+        k: v
+        for k, v in {
+            "vae": args.vae,
+            "tokenizer": args.tokenizer,
+            "tokenizer_2": args.tokenizer_2,
+            "prediction": args.prediction,
+        }.items()
+        if v is not None
+    }
+    with Model.load(args.model, device=args.device, dtype=args.dtype, **options) as model:
         result = model.infer(params, progress=not args.quiet and sys.stderr.isatty())
     for image, path in zip(result.images, paths, strict=True):
         image.save(path)
@@ -115,9 +132,34 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect_file(args: argparse.Namespace) -> int:
+    from inferkit.loaders.single_file import inspect_file
+
+    found = inspect_file(args.model)
+    if args.json:
+        print(json.dumps(found.as_dict(), indent=2))
+        return 0
+    rows = [
+        ("family", found.family),
+        ("variant", found.variant),
+        ("prediction", found.prediction_type),
+        ("stored dtype", found.stored_dtype),
+        ("EMA weights", "yes" if found.has_ema else "no"),
+        ("native size", found.resolution),
+    ]
+    for key, value in rows:
+        print(f"{key:<13}{value}")
+    print("evidence:")
+    for line in found.evidence:
+        print(f"  - {line}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from inferkit.model import Model
 
+    if Path(args.model).suffix.lower() == ".safetensors":
+        return _inspect_file(args)
     with Model.load(args.model) as model:
         info = model.info
     if args.json:

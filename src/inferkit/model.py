@@ -155,6 +155,9 @@ class Model:
         if local_files_only not in (None, True, False):
             raise InvalidParameterError("local_files_only", local_files_only, "must be a bool")
         choice = resolve_scheduler(scheduler) if scheduler is not None else None
+        vae = loader_options.pop("vae", None)
+        if vae is not None and not isinstance(vae, (str, os.PathLike)):
+            raise InvalidParameterError("vae", vae, "must be a path to a VAE file or folder")
         the_policy = _policy(policy, device, dtype)
         plan = the_policy.plan()
         options = LoadOptions(
@@ -165,9 +168,20 @@ class Model:
         )
         text = os.fspath(source)
         loader = select_loader(text, options)
+        accepted = frozenset(getattr(loader, "options", frozenset()))
+        for name in loader_options:
+            if name not in accepted:
+                known = ", ".join(sorted(accepted)) or "none"
+                raise InvalidParameterError(
+                    name,
+                    loader_options[name],
+                    f"is not an option of the {loader.name!r} loader (its options: {known})",
+                )
         with warnings.catch_warnings(), quiet_libraries():
             warnings.simplefilter("ignore", FutureWarning)
             components = loader.load(text, options)
+            if vae is not None:
+                components = _replace_vae(components, vae, plan.dtype)
             plan = the_policy.finalize(plan, components.modules["vae"].config)
             config = dict(components.scheduler_config)
             default = choice or _default_choice(config, text)
@@ -207,6 +221,7 @@ class Model:
             source=c.source,
             loader=c.loader,
             architecture=c.architecture,
+            variant=c.variant,
             prediction_type=c.prediction_type,
             components=tuple(c.modules),
             parameters=self._parameters,
@@ -321,6 +336,12 @@ class Model:
             ((3, 4), 'Euler a')
 
         """
+        if self._components.variant != "base":
+            raise UnsupportedModelError(
+                f"{self._components.name!r} is a {self._components.variant} model, which needs an "
+                "init image and a mask; inferkit runs text-to-image only for now",
+                source=self._components.source,
+            )
         request = _make_params(prompt, params)
         resolved, choice = self.resolve(request)
         if callback is not None and not callable(callback):
@@ -419,6 +440,20 @@ class Model:
             f"<inferkit.Model {c.name!r} {c.architecture} on {self._plan.device} "
             f"{self._plan.dtype_name}{state}>"
         )
+
+
+def _replace_vae(
+    components: Components, source: str | os.PathLike[str], dtype: torch.dtype
+) -> Components:
+    from inferkit.loaders.vae import load_vae
+
+    vae, files, note = load_vae(source, dtype, components.modules["vae"].config)
+    return attrs.evolve(
+        components,
+        modules={**components.modules, "vae": vae},
+        files=(*components.files, *files),
+        evidence=(*components.evidence, note),
+    )
 
 
 def _policy(policy: Policy | None, device: str, dtype: str | torch.dtype) -> Policy:

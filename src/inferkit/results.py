@@ -80,6 +80,7 @@ class ModelInfo:
         source: the source as given to :meth:`Model.load`.
         loader: the loader that read it.
         architecture: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        variant: ``"base"`` or ``"inpainting"``.
         prediction_type: ``"epsilon"`` or ``"v_prediction"``.
         components: the component names (``unet``, ``vae``, ...).
         parameters: number of weights in all networks.
@@ -105,6 +106,7 @@ class ModelInfo:
     source: str
     loader: str
     architecture: str
+    variant: str
     prediction_type: str
     components: tuple[str, ...]
     parameters: int

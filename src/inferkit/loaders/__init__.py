@@ -13,8 +13,10 @@ from inferkit.loaders.base import (
 )
 from inferkit.loaders.folder import FolderLoader
 from inferkit.loaders.hub import HubLoader
+from inferkit.loaders.single_file import SingleFileLoader
 
 register_loader(FolderLoader())
+register_loader(SingleFileLoader())
 register_loader(HubLoader())
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "FolderLoader",
     "HubLoader",
     "LoadOptions",
+    "SingleFileLoader",
     "Loader",
     "registered_loaders",
     "register_loader",

@@ -5,8 +5,8 @@ scheduler config and what was detected about the model. It knows files, not hard
 
 Example:
     >>> import inferkit
-    >>> [loader.name for loader in inferkit.registered_loaders()][:2]
-    ['diffusers-folder', 'hub-cache']
+    >>> [loader.name for loader in inferkit.registered_loaders()][:3]
+    ['diffusers-folder', 'single-file', 'hub-cache']
 
 """
 
@@ -74,6 +74,7 @@ class Components:
         evidence: one line per decision the loader made, saying what decided it.
         pipeline_options: pipeline-level settings the model carries (SDXL's
             ``force_zeros_for_empty_prompt``).
+        variant: ``"base"``, or ``"inpainting"`` for 9-channel inpainting UNets.
 
     Example:
         >>> import inferkit
@@ -93,6 +94,7 @@ class Components:
     files: tuple[Path, ...] = ()
     evidence: tuple[str, ...] = ()
     pipeline_options: Mapping[str, Any] = attrs.field(factory=dict)
+    variant: str = "base"
 
 
 @runtime_checkable
@@ -100,7 +102,9 @@ class Loader(Protocol):
     """A way to turn a source into :class:`Components`.
 
     ``accepts`` must be cheap and must not raise for sources it does not handle; the first
-    registered loader that accepts a source loads it.
+    registered loader that accepts a source loads it. A loader may also have an ``options``
+    attribute, the set of extra keyword arguments of :meth:`Model.load` it understands (they
+    arrive in :attr:`LoadOptions.extra`); others are refused before loading.
 
     Example:
         >>> import inferkit

@@ -70,6 +70,20 @@ class HubLoader:
         return load_folder(snapshot, source=source, options=options, loader=self.name, name=name)
 
 
+def cached_folder(repo_id: str, options: LoadOptions) -> Path | None:
+    """Return the cached snapshot of ``repo_id`` (revision ``main``) if present, else ``None``.
+
+    Never touches the network, whatever ``HF_HUB_OFFLINE`` says.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=_cache_dir(), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
 def resolve_snapshot(repo_id: str, options: LoadOptions) -> Path:
     """Return the local snapshot folder of ``repo_id`` at ``options.revision``."""
     from huggingface_hub import snapshot_download

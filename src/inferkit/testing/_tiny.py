@@ -19,7 +19,12 @@ Architecture = Literal["sd1", "sd2", "sdxl"]
 ARCHITECTURES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
 """The families :func:`write_tiny_model` can write."""
 
-_TEXT_WIDTH = 32
+# Widths follow the families' conventions that weights cannot show, so that single-file copies
+# of these models load with the same architecture: text encoders and SD2/SDXL attention use
+# 64-wide heads, SD1 attention 8 heads, every GroupNorm 32 groups.
+_TEXT_WIDTH = 64
+# SDXL's second encoder is wider than its first, as in the real model (1280 vs 768).
+_TEXT_WIDTH_2 = 128
 _SD_BETAS: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -72,18 +77,18 @@ def _write_tokenizer(folder: Path, *, pad_token: str) -> int:
     return len(vocab)
 
 
-def _text_encoder(vocab_size: int, *, act: str, projection: bool) -> Any:
+def _text_encoder(vocab_size: int, *, act: str, projection: bool, width: int = _TEXT_WIDTH) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=_TEXT_WIDTH,
-        intermediate_size=37,
+        hidden_size=width,
+        intermediate_size=96,
         num_hidden_layers=2,
-        num_attention_heads=4,
+        num_attention_heads=width // 64,
         max_position_embeddings=77,
         hidden_act=act,
-        projection_dim=_TEXT_WIDTH,
+        projection_dim=width,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
@@ -100,10 +105,10 @@ def _vae(*, force_upcast: bool) -> Any:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
+        block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=32,
         sample_size=64,
         scaling_factor=0.18215 if not force_upcast else 0.13025,
         force_upcast=force_upcast,
@@ -118,7 +123,7 @@ def _unet(architecture: Architecture) -> Any:
         "in_channels": 4,
         "out_channels": 4,
         "layers_per_block": 1,
-        "block_out_channels": (32, 64),
+        "block_out_channels": (32, 64) if architecture == "sd1" else (64, 128),
         "norm_num_groups": 32,
     }
     if architecture == "sd1":
@@ -135,20 +140,20 @@ def _unet(architecture: Architecture) -> Any:
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=_TEXT_WIDTH,
-            attention_head_dim=(2, 4),
+            attention_head_dim=(1, 2),
             use_linear_projection=True,
         )
     return UNet2DConditionModel(
         **common,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2 * _TEXT_WIDTH,
-        attention_head_dim=(2, 4),
+        cross_attention_dim=_TEXT_WIDTH + _TEXT_WIDTH_2,
+        attention_head_dim=(1, 2),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 2),
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + _TEXT_WIDTH,
+        projection_class_embeddings_input_dim=6 * 8 + _TEXT_WIDTH_2,
     )
 
 
@@ -180,14 +185,15 @@ def write_tiny_model(
         True
 
     """
-    from diffusers import (
-        DDIMScheduler,
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-    )
-    from transformers import CLIPTokenizer
+    with quiet_libraries():
+        from diffusers import (
+            DDIMScheduler,
+            EulerDiscreteScheduler,
+            PNDMScheduler,
+            StableDiffusionPipeline,
+            StableDiffusionXLPipeline,
+        )
+        from transformers import CLIPTokenizer
 
     if architecture not in ARCHITECTURES:
         from inferkit.errors import InvalidParameterError
@@ -210,7 +216,9 @@ def write_tiny_model(
         text_encoder = _text_encoder(vocab_size, act=act, projection=False)
         modules: list[torch.nn.Module] = [unet, vae, text_encoder]
         if arch == "sdxl":
-            text_encoder_2 = _text_encoder(vocab_size, act="gelu", projection=True)
+            text_encoder_2 = _text_encoder(
+                vocab_size, act="gelu", projection=True, width=_TEXT_WIDTH_2
+            )
             modules.append(text_encoder_2)
         for module in modules:
             _spread_weights(module, generator)

@@ -1,0 +1,241 @@
+"""A small, strict safetensors reader: header first, then tensors read straight into place.
+
+inferkit reads checkpoints itself rather than through ``safetensors.safe_open`` so that
+
+- the header is checked (size cap, entry count, offsets, dtypes) before anything else happens,
+  and a bad file gets an error that says what is wrong with it;
+- tensors are read with plain file reads into their final buffers, so the file is never mapped
+  and a load holds no second copy of the weights.
+
+Example:
+    >>> import tempfile, os, torch
+    >>> from safetensors.torch import save_file
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> save_file({"w": torch.ones(2, 3)}, path)
+    >>> with SafetensorsFile(path) as f:
+    ...     f.tensors["w"].shape, f.read("w").sum().item()
+    ((2, 3), 6.0)
+
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import attrs
+import torch
+
+from inferkit.errors import ModelNotFoundError, UnsupportedModelError
+
+__all__ = ["DTYPES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry"]
+
+HEADER_LIMIT = 100 * 1024 * 1024
+"""Largest header accepted (bytes). Real checkpoints' headers are well under 1 MB."""
+ENTRY_LIMIT = 100_000
+"""Most tensors accepted in one file (SDXL checkpoints hold about 2,500)."""
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+_SIZES = {name: torch.empty(0, dtype=dt).element_size() for name, dt in DTYPES.items()}
+
+
+@attrs.frozen
+class TensorEntry:
+    """One tensor's record in a safetensors header."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The tensor's torch dtype."""
+        return DTYPES[self.dtype]
+
+
+def _bad(path: Path, what: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{path} is not a valid safetensors file: {what}. Re-download or re-export it",
+        source=str(path),
+    )
+
+
+def _sniff(head: bytes) -> str | None:
+    """Say what a file is when it is clearly not safetensors."""
+    text = head.lstrip()[:200].lower()
+    if text.startswith(b"version https://git-lfs"):
+        return "this is a Git LFS pointer, not weights; fetch the real file with `git lfs pull`"
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return (
+            "this is an HTML page saved under a model name, not weights; download the file itself"
+        )
+    if head[:2] == b"PK":
+        return "this is a zip archive (a PyTorch pickle checkpoint?), not safetensors"
+    if head[:1] == b"\x80":
+        return "this is a Python pickle, not safetensors"
+    return None
+
+
+class SafetensorsFile:
+    """An open safetensors file whose header has been read and checked.
+
+    Attributes:
+        path: the file.
+        tensors: the header's entries by name, in file order.
+        metadata: the header's ``__metadata__`` strings.
+
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Open ``path`` and validate its header; no tensor data is read yet."""
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise _bad(self.path, "it is a directory, not a file")
+        try:
+            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        except FileNotFoundError as e:
+            raise ModelNotFoundError(f"no such file: {self.path}", source=str(self.path)) from e
+        try:
+            self.tensors, self.metadata, self._data_start = self._read_header()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _read_header(self) -> tuple[dict[str, TensorEntry], dict[str, str], int]:
+        size = os.fstat(self._fh.fileno()).st_size
+        prefix = self._fh.read(8)
+        if len(prefix) < 8:
+            what = "the file is empty" if size == 0 else f"only {size} bytes, shorter than a header"
+            raise _bad(self.path, what)
+        sniffed = _sniff(prefix + self._fh.read(64))
+        if sniffed:
+            raise _bad(self.path, sniffed)
+        (length,) = struct.unpack("<Q", prefix)
+        if length > HEADER_LIMIT:
+            raise _bad(self.path, f"header length {length} exceeds the {HEADER_LIMIT}-byte limit")
+        if length + 8 > size:
+            raise _bad(
+                self.path, f"header length {length} runs past the end of the file ({size} bytes)"
+            )
+        self._fh.seek(8)
+        raw = self._fh.read(length)
+        try:
+            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+            raise _bad(self.path, f"its header is not valid JSON ({e})") from e
+        if not isinstance(header, dict):
+            raise _bad(self.path, "its header is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise _bad(self.path, "__metadata__ must map names to strings")
+        if len(header) > ENTRY_LIMIT:
+            raise _bad(self.path, f"{len(header)} tensors is more than the {ENTRY_LIMIT} accepted")
+        data_size = size - 8 - length
+        entries = {name: _entry(self.path, name, info, data_size) for name, info in header.items()}
+        ordered = sorted(entries.values(), key=lambda e: (e.start, e.end))
+        position = 0
+        for entry in ordered:
+            if entry.start != position:
+                kind = "overlap" if entry.start < position else "leave a gap"
+                raise _bad(
+                    self.path, f"tensor {entry.name!r} data would {kind} at byte {entry.start}"
+                )
+            position = entry.end
+        if position != data_size:
+            raise _bad(
+                self.path,
+                f"tensor data ends at byte {position} but the file has {data_size} data bytes "
+                + ("(truncated download?)" if position > data_size else "(trailing bytes)"),
+            )
+        return (
+            {e.name: e for e in sorted(entries.values(), key=lambda e: e.start)},
+            meta,
+            8 + length,
+        )
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor into a new CPU tensor (its own memory, not a file mapping)."""
+        entry = self.tensors[name]
+        nbytes = entry.end - entry.start
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            self._fh.seek(self._data_start + entry.start)
+            got = self._fh.readinto(buffer.numpy().data)
+            if got != nbytes:
+                raise _bad(self.path, f"tensor {name!r} is cut short (file truncated?)")
+        return buffer.view(entry.torch_dtype).reshape(entry.shape)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._fh.close()
+
+    def __enter__(self) -> SafetensorsFile:
+        """Return self."""
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the file."""
+        self.close()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"tensor name {key!r} appears twice")
+        out[key] = value
+    return out
+
+
+def _entry(path: Path, name: str, info: Any, data_size: int) -> TensorEntry:
+    if "\x00" in name or not name:
+        raise _bad(path, f"tensor name {name!r} is empty or contains a NUL byte")
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise _bad(path, f"tensor {name!r} needs exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in DTYPES:
+        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape
+    ):
+        raise _bad(path, f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise _bad(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    count = 1
+    for d in shape:
+        count *= d
+    if count * _SIZES[dtype] != offsets[1] - offsets[0]:
+        raise _bad(
+            path,
+            f"tensor {name!r}: shape {shape} of {dtype} needs {count * _SIZES[dtype]} bytes "
+            f"but its offsets span {offsets[1] - offsets[0]}",
+        )
+    if offsets[1] > data_size:
+        raise _bad(path, f"tensor {name!r} ends past the end of the file (truncated download?)")
+    return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
