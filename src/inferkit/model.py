@@ -164,6 +164,7 @@ class Model:
             dtype=plan.dtype,
             revision=revision,
             local_files_only=local_files_only,
+            vae=vae,
             extra=loader_options,
         )
         text = os.fspath(source)
@@ -447,7 +448,7 @@ def _replace_vae(
 ) -> Components:
     from inferkit.loaders.vae import load_vae
 
-    vae, files, note = load_vae(source, dtype, components.modules["vae"].config)
+    vae, files, note = load_vae(source, dtype, components.vae_settings)
     return attrs.evolve(
         components,
         modules={**components.modules, "vae": vae},

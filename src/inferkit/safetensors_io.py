@@ -126,22 +126,27 @@ class SafetensorsFile:
         if len(prefix) < 8:
             what = "the file is empty" if size == 0 else f"only {size} bytes, shorter than a header"
             raise _bad(self.path, what)
-        sniffed = _sniff(prefix + self._fh.read(64))
-        if sniffed:
-            raise _bad(self.path, sniffed)
         (length,) = struct.unpack("<Q", prefix)
-        if length > HEADER_LIMIT:
-            raise _bad(self.path, f"header length {length} exceeds the {HEADER_LIMIT}-byte limit")
-        if length + 8 > size:
-            raise _bad(
-                self.path, f"header length {length} runs past the end of the file ({size} bytes)"
-            )
-        self._fh.seek(8)
-        raw = self._fh.read(length)
         try:
-            header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-            raise _bad(self.path, f"its header is not valid JSON ({e})") from e
+            if length > HEADER_LIMIT:
+                raise _bad(self.path, f"header length {length} exceeds the {HEADER_LIMIT}-byte cap")
+            if length + 8 > size:
+                raise _bad(
+                    self.path,
+                    f"header length {length} runs past the end of the file ({size} bytes)",
+                )
+            raw = self._fh.read(length)
+            try:
+                header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+                raise _bad(self.path, f"its header is not valid JSON ({e})") from e
+        except UnsupportedModelError:
+            # Only now guess what the file is: a length prefix may look like any bytes.
+            self._fh.seek(0)
+            sniffed = _sniff(self._fh.read(256))
+            if sniffed:
+                raise _bad(self.path, sniffed) from None
+            raise
         if not isinstance(header, dict):
             raise _bad(self.path, "its header is not a JSON object")
         meta = header.pop("__metadata__", None) or {}

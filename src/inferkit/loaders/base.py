@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from importlib import metadata
@@ -42,6 +43,8 @@ class LoadOptions:
         dtype: the dtype the weights should be loaded in.
         revision: hub revision (branch, tag or commit) for repo ids.
         local_files_only: ``True`` never downloads; ``None`` follows ``HF_HUB_OFFLINE``.
+        vae: a replacement VAE that :meth:`Model.load` will load; loaders may then skip their
+            own VAE (leaving ``modules["vae"]`` out) but must still fill ``vae_settings``.
         extra: loader-specific keyword arguments that :meth:`Model.load` did not know.
 
     Example:
@@ -54,6 +57,7 @@ class LoadOptions:
     dtype: torch.dtype
     revision: str | None = None
     local_files_only: bool | None = None
+    vae: str | os.PathLike[str] | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
 
 
@@ -75,6 +79,8 @@ class Components:
         pipeline_options: pipeline-level settings the model carries (SDXL's
             ``force_zeros_for_empty_prompt``).
         variant: ``"base"``, or ``"inpainting"`` for 9-channel inpainting UNets.
+        vae_settings: the latent scaling the UNet was trained with (``scaling_factor``,
+            ``force_upcast``, ``sample_size``), kept when the VAE is replaced.
 
     Example:
         >>> import inferkit
@@ -95,6 +101,7 @@ class Components:
     evidence: tuple[str, ...] = ()
     pipeline_options: Mapping[str, Any] = attrs.field(factory=dict)
     variant: str = "base"
+    vae_settings: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @runtime_checkable

@@ -143,7 +143,9 @@ def load_folder(
     with warnings.catch_warnings(), quiet_libraries():
         warnings.filterwarnings("ignore", category=FutureWarning)
         modules["unet"] = _load(diffusers.UNet2DConditionModel, root / "unet", weights, source)
-        modules["vae"] = _load(diffusers.AutoencoderKL, root / "vae", weights, source)
+        vae_config = _read_json(root / "vae" / "config.json", source)
+        if options.vae is None:
+            modules["vae"] = _load(diffusers.AutoencoderKL, root / "vae", weights, source)
         for encoder_key, tokenizer_key in pairs:
             enc_cls = _component_class(index, encoder_key, _TEXT_ENCODERS, source)
             tok_cls = _component_class(index, tokenizer_key, _TOKENIZERS, source)
@@ -157,7 +159,9 @@ def load_folder(
         sorted(
             p
             for p in root.rglob("*")
-            if p.is_file() and p.suffix in {".json", ".safetensors", ".txt", ".model"}
+            if p.is_file()
+            and p.suffix in {".json", ".safetensors", ".txt", ".model"}
+            and (options.vae is None or p.parent.name != "vae")
         )
     )
     return Components(
@@ -170,6 +174,11 @@ def load_folder(
         loader=loader,
         files=files,
         evidence=evidence,
+        vae_settings={
+            "scaling_factor": vae_config.get("scaling_factor", 0.18215),
+            "force_upcast": vae_config.get("force_upcast", True),
+            "sample_size": vae_config.get("sample_size", 512),
+        },
         pipeline_options={k: index[k] for k in ("force_zeros_for_empty_prompt",) if k in index},
     )
 

@@ -524,7 +524,7 @@ class SingleFileLoader:
                 raise InvalidParameterError(
                     "ema", True, f"{path.name} holds no EMA weights (model_ema.*)"
                 )
-            modules, used = self._networks(f, det, options.dtype, source, ema)
+            modules, used = self._networks(f, det, options, source, ema)
         evidence = list(det.evidence)
         tok_kind = {
             "sd1": "clip-l",
@@ -542,10 +542,13 @@ class SingleFileLoader:
         modules["tokenizer"] = tokenizer
         evidence.append(why)
         if det.family == "sdxl":
-            given = extra.get("tokenizer_2", extra.get("tokenizer"))
+            reuse = "tokenizer_2" not in extra and "tokenizer" in extra
+            given = extra.get("tokenizer") if reuse else extra.get("tokenizer_2")
             tokenizer_2, why = _tokenizer("openclip-g", given, options, source)
-            if given is None or "tokenizer_2" not in extra:
+            if reuse:
+                # SDXL's OpenCLIP tokenizer is CLIP's BPE with "!" as padding.
                 tokenizer_2.pad_token = "!"
+                why += " (reused for the second encoder, padding with '!')"
             modules["tokenizer_2"] = tokenizer_2
             evidence.append(why)
         ignored = [n for n in det_keys(f.tensors) if n not in used]
@@ -572,16 +575,22 @@ class SingleFileLoader:
             evidence=tuple(evidence),
             pipeline_options={"force_zeros_for_empty_prompt": True} if det.family == "sdxl" else {},
             variant=det.variant,
+            vae_settings={
+                "scaling_factor": 0.13025 if det.family.startswith("sdxl") else 0.18215,
+                "force_upcast": det.family.startswith("sdxl"),
+                "sample_size": det.resolution,
+            },
         )
 
     def _networks(
-        self, f: SafetensorsFile, det: Detection, dtype: torch.dtype, source: str, ema: bool
+        self, f: SafetensorsFile, det: Detection, options: LoadOptions, source: str, ema: bool
     ) -> tuple[dict[str, Any], set[str]]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
         entries = f.tensors
         family = det.family
+        dtype = options.dtype
         modules: dict[str, Any] = {}
         used: set[str] = set()
         ucfg = unet_config(entries, family, det.resolution)
@@ -598,12 +607,19 @@ class SingleFileLoader:
             rename=L.ema_key if ema else None,
         )
         modules["unet"] = unet
-        vcfg = vae_config(entries, family, det.resolution)
-        with _no_init():
-            vae = AutoencoderKL(**vcfg)
-        levels = len(vcfg["block_out_channels"])
-        used |= _fill(vae, f, lambda k: L.vae_key(k, levels), dtype, source)
-        modules["vae"] = vae
+        if options.vae is None:
+            if L.VAE_PREFIX + "encoder.conv_in.weight" not in entries:
+                raise UnsupportedModelError(
+                    f"{source!r} holds no VAE (no {L.VAE_PREFIX}* tensors); pass vae= a VAE "
+                    "file or diffusers folder",
+                    source=source,
+                )
+            vcfg = vae_config(entries, family, det.resolution)
+            with _no_init():
+                vae = AutoencoderKL(**vcfg)
+            levels = len(vcfg["block_out_channels"])
+            used |= _fill(vae, f, lambda k: L.vae_key(k, levels), dtype, source)
+            modules["vae"] = vae
         encoders: list[tuple[str, dict[str, Any], Any, Callable[[str], tuple[str, str]]]] = []
         if family == "sd1":
             encoders.append(

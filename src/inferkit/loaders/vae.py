@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ __all__ = ["load_vae"]
 
 
 def load_vae(
-    source: str | os.PathLike[str], dtype: torch.dtype, base_config: Any
+    source: str | os.PathLike[str], dtype: torch.dtype, settings: Mapping[str, Any]
 ) -> tuple[Any, tuple[Path, ...], str]:
     """Load a VAE from a diffusers folder or an original-layout file; return it, files, evidence.
 
@@ -29,7 +30,7 @@ def load_vae(
     from inferkit.loaders.single_file import _fill, _no_init, vae_config
 
     path = Path(source).expanduser()
-    keep = {k: base_config.get(k) for k in ("scaling_factor", "force_upcast", "sample_size")}
+    keep = {k: settings.get(k) for k in ("scaling_factor", "force_upcast", "sample_size")}
     if path.is_dir():
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():

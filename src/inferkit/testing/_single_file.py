@@ -118,8 +118,9 @@ def write_single_file(
     for marker in markers:
         out[marker] = torch.tensor([])
     if dtype is not None:
+        buffers = {"betas", "alphas_cumprod"}  # training buffers stay float32, as in real files
         out = {
-            k: v.to(dtype) if v.is_floating_point() and v.numel() > 1000 else v
+            k: v.to(dtype) if v.is_floating_point() and k not in buffers else v
             for k, v in out.items()
         }
     size = unet.config.sample_size * 2 ** (len(modules["vae"].config.block_out_channels) - 1)
