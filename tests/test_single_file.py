@@ -29,7 +29,7 @@ def single_files(
     root = tmp_path_factory.mktemp("single")
     return {
         arch: inferkit.testing.write_single_file(tiny_paths[arch], root / f"{arch}.safetensors")
-        for arch in FAMILIES
+        for arch in [*FAMILIES, "sdxl_refiner"]
     }
 
 
@@ -53,18 +53,26 @@ def assert_same_modules(a: Any, b: Any, names: list[str]) -> None:
 
 
 def networks(arch: str) -> list[str]:
+    if arch == "sdxl_refiner":
+        return ["unet", "vae", "text_encoder_2"]
     names = ["unet", "vae", "text_encoder"]
     return [*names, "text_encoder_2"] if arch == "sdxl" else names
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("arch", [*FAMILIES, "sdxl_refiner"])
 def test_written_file_is_the_original_layout(
     arch: str, tiny_paths: dict[str, Path], single_files: dict[str, Path]
 ) -> None:
     """diffusers' own from_single_file, given the folder as config, reads identical tensors."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
 
-    cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+    cls = {"sdxl": StableDiffusionXLPipeline, "sdxl_refiner": StableDiffusionXLImg2ImgPipeline}.get(
+        arch, StableDiffusionPipeline
+    )
     theirs = cls.from_single_file(
         str(single_files[arch]), config=str(tiny_paths[arch]), local_files_only=True
     )
@@ -91,6 +99,20 @@ def test_loader_needs_no_config_and_gives_identical_tensors_and_pixels(
     want = models[arch].infer("a red circle", steps=3, seed=5, scheduler="euler", progress=False)
     assert pixels(got.images[0]) == pixels(want.images[0])
     assert no_network == []
+
+
+def test_refiner_loads_from_a_single_file_and_refuses_text_to_image(
+    tiny_paths: dict[str, Path], single_files: dict[str, Path], models: dict[str, inferkit.Model]
+) -> None:
+    """An SDXL refiner file loads (one OpenCLIP encoder, aesthetic-score UNet) to the folder's
+    tensors; text-to-image on it is refused with an explanation."""
+    folder = tiny_paths["sdxl_refiner"]
+    model = inferkit.Model.load(single_files["sdxl_refiner"], tokenizer_2=folder / "tokenizer_2")
+    assert model.info.architecture == "sdxl_refiner"
+    assert "text_encoder" not in model.info.components
+    assert_same_modules(model.pipeline, models["sdxl_refiner"].pipeline, networks("sdxl_refiner"))
+    with pytest.raises(inferkit.UnsupportedModelError, match="refiner"):
+        model.infer("a cat")
 
 
 def test_sd2_files_carry_one_unused_text_layer(

@@ -33,6 +33,7 @@ from inferkit.loaders import (
     registered_loaders,
     unregister_loader,
 )
+from inferkit.loaders.single_file import CheckpointInfo, inspect_file
 from inferkit.metadata import ImageMetadata, read_metadata
 from inferkit.model import Model
 from inferkit.params import GenerationParams, ResolvedParams
@@ -52,6 +53,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "CheckpointInfo",
     "Components",
     "DeviceUnavailableError",
     "DevicePolicy",
@@ -79,6 +81,7 @@ __all__ = [
     "UnknownSchedulerError",
     "UnsupportedModelError",
     "__version__",
+    "inspect_file",
     "registered_loaders",
     "read_metadata",
     "register_loader",

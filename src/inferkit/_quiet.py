@@ -13,20 +13,23 @@ def quiet_libraries() -> Iterator[None]:
     """Hide diffusers'/transformers' per-file progress bars and import-time notices.
 
     transformers warns once that its image processors fall back to PIL without torchvision when
-    diffusers' pipeline modules import them; inferkit never uses those processors.
+    diffusers' pipeline modules import them; inferkit never uses those processors. diffusers
+    warns about float16 pipelines on a CPU; inferkit's policy records that decision itself.
     """
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     d_on, t_on = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    t_level = tlog.get_verbosity()
+    t_level, d_level = tlog.get_verbosity(), dlog.get_verbosity()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     tlog.set_verbosity_error()
+    dlog.set_verbosity_error()
     try:
         yield
     finally:
         tlog.set_verbosity(t_level)
+        dlog.set_verbosity(d_level)
         if d_on:
             dlog.enable_progress_bar()
         if t_on:

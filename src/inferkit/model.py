@@ -337,10 +337,13 @@ class Model:
             ((3, 4), 'Euler a')
 
         """
-        if self._components.variant != "base":
+        kind = self._components.variant
+        if self._components.architecture == "sdxl_refiner":
+            kind = "SDXL refiner"
+        if kind != "base":
             raise UnsupportedModelError(
-                f"{self._components.name!r} is a {self._components.variant} model, which needs an "
-                "init image and a mask; inferkit runs text-to-image only for now",
+                f"{self._components.name!r} is an {kind} model, which works on an existing "
+                "image; inferkit runs text-to-image only for now",
                 source=self._components.source,
             )
         request = _make_params(prompt, params)

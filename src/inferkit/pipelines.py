@@ -19,9 +19,28 @@ def build_pipeline(components: Components, scheduler: Any) -> Any:
         'StableDiffusionPipeline'
 
     """
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import (
+        StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
+    )
 
     mods = dict(components.modules)
+    if components.architecture == "sdxl_refiner":
+        return StableDiffusionXLImg2ImgPipeline(
+            vae=mods["vae"],
+            text_encoder=None,
+            text_encoder_2=mods["text_encoder_2"],
+            tokenizer=None,
+            tokenizer_2=mods["tokenizer_2"],
+            unet=mods["unet"],
+            scheduler=scheduler,
+            requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=bool(
+                components.pipeline_options.get("force_zeros_for_empty_prompt", False)
+            ),
+            add_watermarker=False,
+        )
     if components.architecture == "sdxl":
         return StableDiffusionXLPipeline(
             vae=mods["vae"],

@@ -308,7 +308,12 @@ class DevicePolicy:
                 pipeline.enable_model_cpu_offload(device=plan.device)
             else:
                 pipeline.enable_sequential_cpu_offload(device=plan.device)
-        else:
+        elif any(
+            p.device != torch.device(plan.device)
+            for m in pipeline.components.values()
+            if isinstance(m, torch.nn.Module)
+            for p in m.parameters()
+        ):
             pipeline.to(plan.device)
         if pipeline.vae.dtype != plan.vae_dtype:
             pipeline.vae.to(dtype=plan.vae_dtype)

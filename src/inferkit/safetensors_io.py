@@ -4,8 +4,9 @@ inferkit reads checkpoints itself rather than through ``safetensors.safe_open`` 
 
 - the header is checked (size cap, entry count, offsets, dtypes) before anything else happens,
   and a bad file gets an error that says what is wrong with it;
-- tensors are read with plain file reads into their final buffers, so the file is never mapped
-  and a load holds no second copy of the weights.
+- a load holds no second copy of the weights: tensors stored in the wanted dtype are
+  copy-on-write views of the file, and tensors that need converting are read with plain file
+  reads and converted one at a time.
 
 Example:
     >>> import tempfile, os, torch
@@ -21,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -110,6 +112,7 @@ class SafetensorsFile:
         self.path = Path(path)
         if self.path.is_dir():
             raise _bad(self.path, "it is a directory, not a file")
+        self._mm: mmap.mmap | None = None
         try:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()
         except FileNotFoundError as e:
@@ -177,20 +180,39 @@ class SafetensorsFile:
             8 + length,
         )
 
-    def read(self, name: str) -> torch.Tensor:
-        """Read one tensor into a new CPU tensor (its own memory, not a file mapping)."""
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Return one tensor on the CPU, converted to ``dtype`` if given.
+
+        A tensor already stored in ``dtype`` is a copy-on-write view of the file (no copy is
+        made, and pages are read when first used). One that needs converting is read with a
+        plain file read into a temporary buffer and converted, so the mapping is not touched.
+        """
         entry = self.tensors[name]
+        target = (
+            entry.torch_dtype if dtype is None or not entry.torch_dtype.is_floating_point else dtype
+        )
+        offset = self._data_start + entry.start
         nbytes = entry.end - entry.start
+        if target == entry.torch_dtype and offset % max(1, _SIZES[entry.dtype]) == 0 and nbytes:
+            raw = torch.frombuffer(self._mapping(), dtype=torch.uint8, count=nbytes, offset=offset)
+            return raw.view(entry.torch_dtype).reshape(entry.shape)
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         if nbytes:
-            self._fh.seek(self._data_start + entry.start)
+            self._fh.seek(offset)
             got = self._fh.readinto(buffer.numpy().data)
             if got != nbytes:
                 raise _bad(self.path, f"tensor {name!r} is cut short (file truncated?)")
-        return buffer.view(entry.torch_dtype).reshape(entry.shape)
+        return buffer.view(entry.torch_dtype).reshape(entry.shape).to(target)
+
+    def _mapping(self) -> mmap.mmap:
+        if self._mm is None:
+            # Private (copy-on-write) so that tensors are writable without touching the file.
+            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_COPY)
+        return self._mm
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file. Tensors already returned stay valid (they hold the mapping)."""
+        self._mm = None
         self._fh.close()
 
     def __enter__(self) -> SafetensorsFile:

@@ -23,6 +23,16 @@ _SDXL_PIPELINES = {
     "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLInpaintPipeline",
 }
+
+
+def _transformers_dtype_kwarg() -> str:
+    from importlib.metadata import version
+
+    major, minor = (int(x) for x in version("transformers").split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+_TRANSFORMERS_DTYPE = _transformers_dtype_kwarg()
 _TEXT_ENCODERS = {"CLIPTextModel", "CLIPTextModelWithProjection"}
 _TOKENIZERS = {"CLIPTokenizer", "CLIPTokenizerFast"}
 
@@ -51,12 +61,9 @@ def detect_architecture(
     cls = index.get("_class_name")
     evidence = [f"model_index.json _class_name={cls}"]
     if cls in _SDXL_PIPELINES:
-        if index.get("text_encoder", [None])[0] is None:
-            raise UnsupportedModelError(
-                f"{source!r} is an SDXL refiner (no first text encoder); refiners run "
-                "image-to-image, which inferkit does not support yet",
-                source=source,
-            )
+        if (index.get("text_encoder") or [None])[0] is None:
+            evidence.append("SDXL pipeline class without a first text encoder -> sdxl_refiner")
+            return "sdxl_refiner", tuple(evidence)
         evidence.append("SDXL pipeline class -> sdxl")
         return "sdxl", tuple(evidence)
     if cls in _SD_PIPELINES:
@@ -134,11 +141,13 @@ def load_folder(
     prediction = str(scheduler_config.get("prediction_type", "epsilon"))
     evidence += (f"scheduler_config.json prediction_type={prediction}",)
 
-    pairs = [("text_encoder", "tokenizer")]
-    if architecture == "sdxl":
+    pairs = [] if architecture == "sdxl_refiner" else [("text_encoder", "tokenizer")]
+    if architecture.startswith("sdxl"):
         pairs.append(("text_encoder_2", "tokenizer_2"))
     common: dict[str, Any] = {"local_files_only": True}
     weights: dict[str, Any] = {**common, "torch_dtype": options.dtype, "use_safetensors": True}
+    # transformers >= 4.56 names it dtype; its deprecated torch_dtype path is 4x slower.
+    text_weights = {**common, _TRANSFORMERS_DTYPE: options.dtype, "use_safetensors": True}
     modules: dict[str, Any] = {}
     with warnings.catch_warnings(), quiet_libraries():
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -150,7 +159,7 @@ def load_folder(
             enc_cls = _component_class(index, encoder_key, _TEXT_ENCODERS, source)
             tok_cls = _component_class(index, tokenizer_key, _TOKENIZERS, source)
             modules[encoder_key] = _load(
-                getattr(transformers, enc_cls), root / encoder_key, weights, source
+                getattr(transformers, enc_cls), root / encoder_key, text_weights, source
             )
             modules[tokenizer_key] = _load(
                 getattr(transformers, tok_cls), root / tokenizer_key, common, source

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 __all__ = [
     "CLIP_PREFIX",
     "OPENCLIP_PREFIX",
+    "REFINER_OPENCLIP_PREFIX",
     "SDXL_CLIP_PREFIX",
     "SDXL_OPENCLIP_PREFIX",
     "UNET_PREFIX",
@@ -37,6 +38,7 @@ CLIP_PREFIX = "cond_stage_model.transformer."
 OPENCLIP_PREFIX = "cond_stage_model.model."
 SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
 
 Mapped = tuple[str, str]
 

@@ -24,7 +24,7 @@ from inferkit.loaders import ldm_layout as L
 from inferkit.loaders.base import Components, LoadOptions
 from inferkit.safetensors_io import SafetensorsFile, TensorEntry
 
-__all__ = ["Detection", "SingleFileLoader", "detect", "inspect_file"]
+__all__ = ["CheckpointInfo", "SingleFileLoader", "detect", "inspect_file"]
 
 _PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _OPTIONS = frozenset({"prediction", "ema", "tokenizer", "tokenizer_2"})
@@ -54,8 +54,8 @@ _TOKENIZER_REPOS = {
 
 
 @attrs.frozen(kw_only=True)
-class Detection:
-    """What a checkpoint is, read from its header alone.
+class CheckpointInfo:
+    """What a single-file checkpoint is, read from its header alone (see :func:`inspect_file`).
 
     Attributes:
         family: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"sdxl_refiner"``.
@@ -66,6 +66,14 @@ class Detection:
         resolution: the native image size.
         zero_snr: whether the file marks zero-terminal-SNR training.
         evidence: what decided each of the above.
+
+    Example:
+        >>> import inferkit, inferkit.testing, tempfile, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+        >>> f = inferkit.testing.write_single_file(inferkit.testing.tiny_model_path("sdxl"), out)
+        >>> info = inferkit.inspect_file(f)
+        >>> info.family, info.variant, info.stored_dtype
+        ('sdxl', 'base', 'float32')
 
     """
 
@@ -95,13 +103,13 @@ def detect(
     metadata: Mapping[str, str],
     source: str,
     prediction: str | None = None,
-) -> Detection:
+) -> CheckpointInfo:
     """Detect family, variant and prediction type from tensor names, shapes and metadata."""
     evidence: list[str] = []
     if L.SDXL_OPENCLIP_PREFIX + "ln_final.weight" in entries:
         family = "sdxl"
         evidence.append(f"key {L.SDXL_OPENCLIP_PREFIX}ln_final.weight (two text encoders) -> sdxl")
-    elif "conditioner.embedders.0.model.ln_final.weight" in entries:
+    elif L.REFINER_OPENCLIP_PREFIX + "ln_final.weight" in entries:
         family = "sdxl_refiner"
         evidence.append(
             "key conditioner.embedders.0.model.ln_final.weight (OpenCLIP only) -> sdxl_refiner"
@@ -169,7 +177,7 @@ def detect(
         evidence.append(f"native size {resolution}: metadata modelspec.resolution")
     else:
         evidence.append(f"native size {resolution}: {family} default")
-    return Detection(
+    return CheckpointInfo(
         family=family,
         variant=variant,
         prediction_type=pred,
@@ -181,8 +189,14 @@ def detect(
     )
 
 
-def inspect_file(path: str | os.PathLike[str], prediction: str | None = None) -> Detection:
-    """Read only the header of a checkpoint and say what it is.
+def inspect_file(path: str | os.PathLike[str], prediction: str | None = None) -> CheckpointInfo:
+    """Read only the header of a single-file checkpoint and say what it is.
+
+    Answers in milliseconds for multi-GB files: no tensor data is read.
+
+    Raises:
+        ModelNotFoundError: no such file.
+        UnsupportedModelError: not a valid safetensors file, or not an SD 1.x/2.x/XL checkpoint.
 
     Example:
         >>> import inferkit.testing, tempfile, os
@@ -267,9 +281,8 @@ def unet_config(entries: Mapping[str, TensorEntry], family: str, resolution: int
     }
     if p + "label_emb.0.0.weight" in entries:
         adm = _shape(entries, p + "label_emb.0.0.weight")[1]
-        pooled_key = (
-            L.SDXL_OPENCLIP_PREFIX if family == "sdxl" else "conditioner.embedders.0.model."
-        ) + "text_projection"
+        prefix = L.SDXL_OPENCLIP_PREFIX if family == "sdxl" else L.REFINER_OPENCLIP_PREFIX
+        pooled_key = prefix + "text_projection"
         pooled = _shape(entries, pooled_key)[1]
         ids = 6 if family == "sdxl" else 5
         config |= {
@@ -405,13 +418,13 @@ def _fill(
         if transform in ("q", "k", "v"):
             whole = fused.get(stored_key)
             if whole is None:
-                whole = fused[stored_key] = f.read(stored_key)
+                whole = fused[stored_key] = f.read(stored_key, dtype)
             third = whole.shape[0] // 3
             index = "qkv".index(transform)
-            tensor = whole[index * third : (index + 1) * third].clone()
+            tensor = whole[index * third : (index + 1) * third]
         else:
-            tensor = _from_stored(f.read(stored_key), transform)
-        state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            tensor = _from_stored(f.read(stored_key, dtype), transform)
+        state[key] = tensor
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -532,16 +545,13 @@ class SingleFileLoader:
             "sdxl": "clip-l",
             "sdxl_refiner": "openclip-g",
         }
-        if det.family == "sdxl_refiner":
-            raise UnsupportedModelError(
-                f"{source!r} is an SDXL refiner; refiners run image-to-image, which inferkit does "
-                "not support yet",
-                source=source,
+        if det.family != "sdxl_refiner":
+            tokenizer, why = _tokenizer(
+                tok_kind[det.family], extra.get("tokenizer"), options, source
             )
-        tokenizer, why = _tokenizer(tok_kind[det.family], extra.get("tokenizer"), options, source)
-        modules["tokenizer"] = tokenizer
-        evidence.append(why)
-        if det.family == "sdxl":
+            modules["tokenizer"] = tokenizer
+            evidence.append(why)
+        if det.family.startswith("sdxl"):
             reuse = "tokenizer_2" not in extra and "tokenizer" in extra
             given = extra.get("tokenizer") if reuse else extra.get("tokenizer_2")
             tokenizer_2, why = _tokenizer("openclip-g", given, options, source)
@@ -573,7 +583,7 @@ class SingleFileLoader:
             loader=self.name,
             files=(path,),
             evidence=tuple(evidence),
-            pipeline_options={"force_zeros_for_empty_prompt": True} if det.family == "sdxl" else {},
+            pipeline_options={"force_zeros_for_empty_prompt": det.family == "sdxl"},
             variant=det.variant,
             vae_settings={
                 "scaling_factor": 0.13025 if det.family.startswith("sdxl") else 0.18215,
@@ -583,7 +593,7 @@ class SingleFileLoader:
         )
 
     def _networks(
-        self, f: SafetensorsFile, det: Detection, options: LoadOptions, source: str, ema: bool
+        self, f: SafetensorsFile, det: CheckpointInfo, options: LoadOptions, source: str, ema: bool
     ) -> tuple[dict[str, Any], set[str]]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -637,6 +647,15 @@ class SingleFileLoader:
                     openclip_config(entries, L.OPENCLIP_PREFIX, drop_last=True),
                     CLIPTextModel,
                     lambda k: L.openclip_key(k, L.OPENCLIP_PREFIX),
+                )
+            )
+        elif family == "sdxl_refiner":
+            encoders.append(
+                (
+                    "text_encoder_2",
+                    openclip_config(entries, L.REFINER_OPENCLIP_PREFIX, drop_last=False),
+                    CLIPTextModelWithProjection,
+                    lambda k: L.openclip_key(k, L.REFINER_OPENCLIP_PREFIX),
                 )
             )
         elif family == "sdxl":

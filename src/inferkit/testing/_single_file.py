@@ -100,8 +100,13 @@ def write_single_file(
     if include_vae:
         levels = len(modules["vae"].config.block_out_channels)
         _put(out, modules["vae"].state_dict(), lambda k: L.vae_key(k, levels))
-    te = modules["text_encoder"].state_dict()
-    if family == "sd1":
+    if family == "sdxl_refiner":
+        te2 = modules["text_encoder_2"].state_dict()
+        _put(out, te2, lambda k: L.openclip_key(k, L.REFINER_OPENCLIP_PREFIX))
+    te = modules["text_encoder"].state_dict() if "text_encoder" in modules else {}
+    if family == "sdxl_refiner":
+        pass
+    elif family == "sd1":
         _put(out, te, lambda k: L.clip_key(k, L.CLIP_PREFIX))
         out[L.CLIP_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
     elif family == "sd2":

@@ -15,8 +15,8 @@ from inferkit._quiet import quiet_libraries
 
 __all__ = ["ARCHITECTURES", "tiny_model_path", "write_tiny_model"]
 
-Architecture = Literal["sd1", "sd2", "sdxl"]
-ARCHITECTURES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
+Architecture = Literal["sd1", "sd2", "sdxl", "sdxl_refiner"]
+ARCHITECTURES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 """The families :func:`write_tiny_model` can write."""
 
 # Widths follow the families' conventions that weights cannot show, so that single-file copies
@@ -143,17 +143,20 @@ def _unet(architecture: Architecture) -> Any:
             attention_head_dim=(1, 2),
             use_linear_projection=True,
         )
+    refiner = architecture == "sdxl_refiner"
+    # The refiner sees only the second text encoder and one more size id less (5 time ids:
+    # the aesthetic score replaces the target size).
     return UNet2DConditionModel(
         **common,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=_TEXT_WIDTH + _TEXT_WIDTH_2,
+        cross_attention_dim=_TEXT_WIDTH_2 if refiner else _TEXT_WIDTH + _TEXT_WIDTH_2,
         attention_head_dim=(1, 2),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 2),
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + _TEXT_WIDTH_2,
+        projection_class_embeddings_input_dim=(5 if refiner else 6) * 8 + _TEXT_WIDTH_2,
     )
 
 
@@ -175,7 +178,8 @@ def write_tiny_model(
     Args:
         path: folder to write into (created if missing).
         architecture: ``"sd1"``, ``"sd2"`` (v-prediction, linear attention projections, OpenCLIP
-            style text encoder) or ``"sdxl"`` (two text encoders, size/crop conditioning).
+            style text encoder), ``"sdxl"`` (two text encoders, size/crop conditioning) or
+            ``"sdxl_refiner"`` (second encoder only, aesthetic-score conditioning).
         seed: seed of the weights; the same seed writes the same weights.
 
     Example:
@@ -191,6 +195,7 @@ def write_tiny_model(
             EulerDiscreteScheduler,
             PNDMScheduler,
             StableDiffusionPipeline,
+            StableDiffusionXLImg2ImgPipeline,
             StableDiffusionXLPipeline,
         )
         from transformers import CLIPTokenizer
@@ -211,11 +216,13 @@ def write_tiny_model(
         vocab_size = _write_tokenizer(tok_dir, pad_token="!" if arch == "sd2" else "<|endoftext|>")
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
         unet = _unet(arch)
-        vae = _vae(force_upcast=arch == "sdxl")
+        vae = _vae(force_upcast=arch.startswith("sdxl"))
         act = "gelu" if arch == "sd2" else "quick_gelu"
         text_encoder = _text_encoder(vocab_size, act=act, projection=False)
-        modules: list[torch.nn.Module] = [unet, vae, text_encoder]
-        if arch == "sdxl":
+        modules: list[torch.nn.Module] = [unet, vae]
+        if arch != "sdxl_refiner":
+            modules.append(text_encoder)
+        if arch.startswith("sdxl"):
             text_encoder_2 = _text_encoder(
                 vocab_size, act="gelu", projection=True, width=_TEXT_WIDTH_2
             )
@@ -252,6 +259,19 @@ def write_tiny_model(
                 safety_checker=None,
                 feature_extractor=None,
                 requires_safety_checker=False,
+            )
+        elif arch == "sdxl_refiner":
+            scheduler = EulerDiscreteScheduler(**_SD_BETAS, timestep_spacing="leading")
+            pipe = StableDiffusionXLImg2ImgPipeline(
+                vae=vae,
+                text_encoder=None,
+                text_encoder_2=text_encoder_2,
+                tokenizer=None,
+                tokenizer_2=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                requires_aesthetics_score=True,
+                force_zeros_for_empty_prompt=False,
             )
         else:
             scheduler = EulerDiscreteScheduler(**_SD_BETAS, timestep_spacing="leading")
