@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -11,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from inferkit._bpe import write_clip_tokenizer
 from inferkit._quiet import quiet_libraries
 
 __all__ = ["ARCHITECTURES", "tiny_model_path", "write_tiny_model"]
@@ -32,49 +32,6 @@ _SD_BETAS: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "steps_offset": 1,
 }
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to U+0100+.
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, [chr(c) for c in codes], strict=True))
-
-
-def _write_tokenizer(folder: Path, *, pad_token: str) -> int:
-    """Write a small CLIP BPE tokenizer (byte alphabet plus a few merges); return vocab size."""
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = list(_bytes_to_unicode().values())
-    vocab_list = alphabet + [c + "</w>" for c in alphabet]
-    merges = ["r e", "e d</w>", "c i", "o n", "t h", "th e</w>"]
-    vocab_list += [m.replace(" ", "") for m in merges]
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (folder / "merges.txt").write_text(
-        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
-    )
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": pad_token,
-        "do_lower_case": True,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return len(vocab)
 
 
 def _text_encoder(vocab_size: int, *, act: str, projection: bool, width: int = _TEXT_WIDTH) -> Any:
@@ -213,7 +170,11 @@ def write_tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tok_dir = root / "_tok"
-        vocab_size = _write_tokenizer(tok_dir, pad_token="!" if arch == "sd2" else "<|endoftext|>")
+        vocab_size = write_clip_tokenizer(
+            tok_dir,
+            words=("red", "the", "circle"),
+            pad_token="!" if arch == "sd2" else "<|endoftext|>",
+        )
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
         unet = _unet(arch)
         vae = _vae(force_upcast=arch.startswith("sdxl"))
