@@ -19,6 +19,15 @@ register_loader(FolderLoader())
 register_loader(SingleFileLoader())
 register_loader(HubLoader())
 
+
+def _register_zoo() -> None:
+    from inferkit.zoo import ZooLoader  # the zoo builds on the single-file loader
+
+    register_loader(ZooLoader())
+
+
+_register_zoo()
+
 __all__ = [
     "Components",
     "FolderLoader",
