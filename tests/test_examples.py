@@ -16,7 +16,8 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script: Path, tmp_path: Path) -> None:
-    """The example exits 0 offline and writes PNGs with readable metadata."""
+    """The example exits 0 offline; its generated PNGs carry readable metadata (contact sheets,
+    named *-grid.png, are composites and carry none)."""
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path)],
         capture_output=True,
@@ -28,4 +29,5 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     pngs = sorted(tmp_path.glob("*.png"))
     assert pngs, "the example wrote no image"
     for png in pngs:
-        assert inferkit.read_metadata(png).prompt
+        if not png.name.endswith("-grid.png"):
+            assert inferkit.read_metadata(png).prompt

@@ -35,6 +35,9 @@ _SD_BETAS: dict[str, Any] = {
     "beta_schedule": "scaled_linear",
     "steps_offset": 1,
     "timestep_spacing": "leading",
+    # As in the SD releases' own configs: clipping x0 to [-1, 1] is for pixel-space models.
+    "clip_sample": False,
+    "set_alpha_to_one": False,
 }
 _RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sdxl_refiner": 1024}
 _TOKENIZER_REPOS = {

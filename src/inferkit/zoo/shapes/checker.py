@@ -111,7 +111,7 @@ def score(
     *,
     scheduler: str | None = None,
     steps: int = 20,
-    guidance: float = 5.0,
+    guidance: float = 7.0,
 ) -> Score:
     """Generate every prompt with every seed and return the fraction judged right.
 
