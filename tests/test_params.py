@@ -111,7 +111,7 @@ def test_unknown_scheduler_suggests_close_names() -> None:
     with pytest.raises(inferkit.UnknownSchedulerError) as e:
         inferkit.GenerationParams("x", scheduler="DPM++ 2N Karras")
     assert isinstance(e.value, ValueError) and isinstance(e.value, KeyError)
-    assert e.value.suggestions[0] == "dpmpp_2m_karras"
+    assert "dpmpp_2m_karras" in e.value.suggestions
     assert "inferkit schedulers" in str(e.value)
 
 

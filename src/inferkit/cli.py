@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate images from a prompt")
-    gen.add_argument("model", help="diffusers folder or hub repo id (from the local cache)")
+    gen.add_argument(
+        "model", help="diffusers folder, .safetensors file, cached hub repo id, or inferkit:NAME"
+    )
     gen.add_argument("prompt")
     gen.add_argument(
         "-o", "--output", default="inferkit.png", help="PNG path (default %(default)s)"
@@ -82,6 +84,8 @@ def _outputs(output: str, count: int) -> list[Path]:
     path = Path(output)
     if path.suffix.lower() != ".png":
         raise InvalidParameterError("--output", output, "must be a .png path")
+    if not path.parent.is_dir():
+        raise InvalidParameterError("--output", output, f"its folder {path.parent} does not exist")
     if count == 1:
         return [path]
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
@@ -221,6 +225,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except InferkitError as e:
+        print(f"inferkit: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an output folder that is not writable
         print(f"inferkit: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

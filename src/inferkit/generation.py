@@ -29,7 +29,7 @@ StepCallback = Callable[[StepInfo], "bool | None"]
 
 @attrs.frozen
 class RunOutput:
-    """Decoded images, stage timings and warnings of one run."""
+    """Decoded images, stage timings and loop iterations of one run."""
 
     images: tuple[Any, ...]
     timings: Timings

@@ -35,31 +35,33 @@ def file_sha256(path: Path) -> str:
         return real.name
     stat = real.stat()
     key = (str(real), stat.st_size, stat.st_mtime_ns)
-    with _lock:
+    with _lock:  # held while hashing, so concurrent first uses hash a file once
         cached = _cache.get(key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    with open(real, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
-    with _lock:
-        _cache[key] = value
-    return value
+        if cached is None:
+            digest = hashlib.sha256()
+            with open(real, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            cached = _cache[key] = digest.hexdigest()
+    return cached
 
 
-def files_sha256(files: Iterable[Path], root: Path | None = None) -> str:
+def files_sha256(files: Iterable[Path]) -> str:
     """Return one sha256 over several files: of one file, its own hash; else a manifest's.
 
-    The manifest lists each file's path (relative to ``root``) and sha256, sorted by path, so the
-    hash changes when any file's content or name changes and not when the folder moves.
+    The manifest lists each file's name with its folder (``unet/config.json``, and
+    ``model_index.json`` at a diffusers folder's root) and its sha256, sorted, so the hash
+    changes when any file's content or name changes and not when the model moves.
     """
     items = sorted(files)
     if len(items) == 1:
         return file_sha256(items[0])
+    root = next((f.parent for f in items if f.name == "model_index.json"), None)
+
+    def name_of(f: Path) -> str:
+        return f.name if f.parent == root else f"{f.parent.name}/{f.name}"
+
     digest = hashlib.sha256()
-    for f in items:
-        name = f.relative_to(root).as_posix() if root is not None else f.name
+    for name, f in sorted((name_of(f), f) for f in items):
         digest.update(f"{name}\0{file_sha256(f)}\n".encode())
     return digest.hexdigest()

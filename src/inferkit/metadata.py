@@ -51,7 +51,9 @@ class ImageMetadata:
         prompt: the prompt.
         negative_prompt: the negative prompt ("" if none).
         steps: sampler steps, if recorded.
-        sampler: the sampler as written (``"DPM++ 2M"``), with the schedule if recorded apart.
+        sampler: the sampler as written in infotext (``"DPM++ 2M Karras"``, schedule appended),
+            or inferkit's canonical name (``"dpmpp_2m_karras"``) from its JSON record; both
+            resolve with :func:`inferkit.resolve_scheduler`.
         seed: the image's own seed, if recorded.
         guidance: CFG scale, if recorded.
         width: image width, if recorded.

@@ -8,7 +8,6 @@ import os
 import sys
 import threading
 import warnings
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -18,6 +17,7 @@ from inferkit._quiet import quiet_libraries
 from inferkit.errors import (
     InvalidParameterError,
     ModelClosedError,
+    ModelNotFoundError,
     UnsupportedModelError,
 )
 from inferkit.generation import StepCallback, run
@@ -97,7 +97,7 @@ class Model:
         unet = components.modules["unet"]
         vae = components.modules["vae"]
         self._vae_factor = vae_scale_factor(vae)
-        self._latent_channels = int(unet.config.in_channels)
+        self._latent_channels = int(unet.config.out_channels)
         self._native = int(unet.config.sample_size) * self._vae_factor
         self._parameters = sum(
             p.numel()
@@ -205,13 +205,18 @@ class Model:
     @property
     def sha256(self) -> str:
         """The sha256 of the model's files (computed on first use, then remembered)."""
-        if self._sha256 is None:
-            files = self._components.files
-            root = Path(os.path.commonpath([str(f) for f in files])) if files else None
-            if root is not None and root.is_file():
-                root = root.parent
-            self._sha256 = files_sha256(files, root) if files else "0" * 64
-        return self._sha256
+        with self._lock:
+            if self._sha256 is None:
+                files = self._components.files
+                try:
+                    self._sha256 = files_sha256(files) if files else "0" * 64
+                except OSError as e:
+                    raise ModelNotFoundError(
+                        f"cannot hash the files of {self._components.name!r} ({e}); were they "
+                        "moved or deleted after loading? Load the model again",
+                        source=self._components.source,
+                    ) from e
+            return self._sha256
 
     @property
     def info(self) -> ModelInfo:
@@ -342,8 +347,8 @@ class Model:
             kind = "SDXL refiner"
         if kind != "base":
             raise UnsupportedModelError(
-                f"{self._components.name!r} is an {kind} model, which works on an existing "
-                "image; inferkit runs text-to-image only for now",
+                f"{self._components.name!r} is a model of kind {kind!r}, which works on an "
+                "existing image; inferkit runs text-to-image only for now",
                 source=self._components.source,
             )
         request = _make_params(prompt, params)
@@ -351,9 +356,10 @@ class Model:
         if callback is not None and not callable(callback):
             raise InvalidParameterError("callback", callback, "must be callable or None")
         show = sys.stderr.isatty() if progress is None else bool(progress)
-        notes = self._warnings(resolved)
         with self._lock:
             self._check_open()
+            notes = self._warnings(resolved)
+            info = self.info
             out = run(
                 self._pipeline,
                 architecture=self._components.architecture,
@@ -367,7 +373,6 @@ class Model:
                 show_progress=show,
             )
         resolved = attrs.evolve(resolved, denoising_steps=out.denoising_steps)
-        info = self.info
         images = []
         for index, (image, seed) in enumerate(zip(out.images, resolved.seeds, strict=True)):
             record, text = image_record(
@@ -493,4 +498,8 @@ def _make_params(prompt: str | GenerationParams, overrides: dict[str, Any]) -> G
         )
     if isinstance(prompt, GenerationParams):
         return attrs.evolve(prompt, **overrides) if overrides else prompt
+    if "prompt" in overrides:
+        raise InvalidParameterError(
+            "prompt", overrides["prompt"], "is given twice: positionally and as prompt="
+        )
     return GenerationParams(prompt, **overrides)

@@ -79,7 +79,7 @@ class ModelInfo:
         name: short human name (folder or repo name).
         source: the source as given to :meth:`Model.load`.
         loader: the loader that read it.
-        architecture: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        architecture: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"sdxl_refiner"``.
         variant: ``"base"`` or ``"inpainting"``.
         prediction_type: ``"epsilon"`` or ``"v_prediction"``.
         components: the component names (``unet``, ``vae``, ...).

@@ -25,6 +25,7 @@ import difflib
 import inspect
 import re
 import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from importlib import metadata
 from typing import Any
@@ -177,12 +178,13 @@ _BUILTIN: tuple[SamplerSpec, ...] = (
         aliases=("k_dpmpp_sde",),
         batch_invariant=False,
     ),
+    # diffusers' single-step solver adds no noise: this is DPM++ 2S, not A1111's "2S a".
     SamplerSpec(
-        "dpmpp_2s_a",
-        "DPM++ 2S a",
+        "dpmpp_2s",
+        "DPM++ 2S",
         "DPMSolverSinglestepScheduler",
         options={"algorithm_type": "dpmsolver++", "solver_order": 2},
-        aliases=("dpmpp_2s_ancestral", "k_dpmpp_2s_a"),
+        aliases=("k_dpmpp_2s",),
     ),
     SamplerSpec("ddim", "DDIM", "DDIMScheduler", options={"set_alpha_to_one": False}),
     SamplerSpec(
@@ -196,6 +198,7 @@ _BUILTIN: tuple[SamplerSpec, ...] = (
 _registry: dict[str, SamplerSpec] = {}
 _aliases: dict[str, str] = {}
 _lock = threading.Lock()
+_plugin_lock = threading.Lock()
 _plugins_loaded = False
 
 
@@ -253,13 +256,17 @@ for _spec in _BUILTIN:
 def _load_plugins() -> None:
     """Register samplers that installed packages declare under the ``inferkit.schedulers`` group."""
     global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in metadata.entry_points(group="inferkit.schedulers"):
-        spec = ep.load()
-        if isinstance(spec, SamplerSpec):
-            register_scheduler(spec)
+    with _plugin_lock:
+        if _plugins_loaded:
+            return
+        for ep in metadata.entry_points(group="inferkit.schedulers"):
+            try:
+                spec = ep.load()
+                if isinstance(spec, SamplerSpec):
+                    register_scheduler(spec)
+            except Exception as e:  # a broken plugin must not break sampler lookup
+                warnings.warn(f"inferkit sampler plugin {ep.name!r} failed: {e}", stacklevel=2)
+        _plugins_loaded = True
 
 
 def samplers() -> tuple[SamplerSpec, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -66,7 +67,7 @@ class Components:
     """The loaded parts of a model and what the loader found out about it.
 
     Attributes:
-        architecture: ``"sd1"``, ``"sd2"`` or ``"sdxl"``.
+        architecture: ``"sd1"``, ``"sd2"``, ``"sdxl"`` or ``"sdxl_refiner"``.
         modules: the networks and tokenizers by diffusers' component names (``unet``, ``vae``,
             ``text_encoder``, ``tokenizer``, and for SDXL ``text_encoder_2``, ``tokenizer_2``).
         scheduler_config: the model's own scheduler config (the base for every sampler).
@@ -78,7 +79,8 @@ class Components:
         evidence: one line per decision the loader made, saying what decided it.
         pipeline_options: pipeline-level settings the model carries (SDXL's
             ``force_zeros_for_empty_prompt``).
-        variant: ``"base"``, or ``"inpainting"`` for 9-channel inpainting UNets.
+        variant: ``"base"``; ``"inpainting"`` for 9-channel inpainting UNets; another name for
+            UNets whose input width differs from their output.
         vae_settings: the latent scaling the UNet was trained with (``scaling_factor``,
             ``force_upcast``, ``sample_size``), kept when the VAE is replaced.
 
@@ -135,8 +137,12 @@ class Loader(Protocol):
         ...
 
 
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+"""Suffixes of pickle-based checkpoints, which inferkit refuses to unpickle."""
+
 _registry: list[Loader] = []
 _lock = threading.Lock()
+_plugin_lock = threading.Lock()
 _plugins_loaded = False
 
 
@@ -185,12 +191,16 @@ def unregister_loader(name: str) -> None:
 
 def _load_plugins() -> None:
     global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in metadata.entry_points(group="inferkit.loaders"):
-        factory = ep.load()
-        register_loader(factory() if isinstance(factory, type) else factory)
+    with _plugin_lock:
+        if _plugins_loaded:
+            return
+        for ep in metadata.entry_points(group="inferkit.loaders"):
+            try:
+                factory = ep.load()
+                register_loader(factory() if isinstance(factory, type) else factory)
+            except Exception as e:  # a broken plugin must not break loading
+                warnings.warn(f"inferkit loader plugin {ep.name!r} failed: {e}", stacklevel=2)
+        _plugins_loaded = True
 
 
 def registered_loaders() -> tuple[Loader, ...]:
@@ -219,6 +229,13 @@ def select_loader(source: str, options: LoadOptions) -> Loader:
         if loader.accepts(source, options):
             return loader
     path = Path(source).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
+        raise UnsupportedModelError(
+            f"{source!r} is a pickle checkpoint ({path.suffix}), which can run code when loaded; "
+            "inferkit loads only .safetensors. Convert it on a machine you trust, or get the "
+            ".safetensors release of the model",
+            source=source,
+        )
     if not path.exists():
         raise ModelNotFoundError(
             f"model not found: {source!r} is neither an existing file or folder nor a hub repo id "

@@ -116,6 +116,14 @@ class FolderLoader:
         return load_folder(root, source=source, options=options, loader=self.name, name=root.name)
 
 
+def _variant(unet_config: dict[str, Any]) -> str:
+    """Name UNets that need more than noise as input (inpainting: 9 channels)."""
+    channels = unet_config.get("in_channels", 4)
+    if channels == unet_config.get("out_channels", 4):
+        return "base"
+    return "inpainting" if channels == 9 else f"{channels}-channel input"
+
+
 def _component_class(index: dict[str, Any], key: str, allowed: set[str], source: str) -> str:
     entry = index.get(key)
     if not isinstance(entry, list) or len(entry) != 2 or entry[1] not in allowed:
@@ -164,14 +172,19 @@ def load_folder(
             modules[tokenizer_key] = _load(
                 getattr(transformers, tok_cls), root / tokenizer_key, common, source
             )
-    files = tuple(
-        sorted(
+    used = {name for pair in pairs for name in pair} | {"unet", "scheduler"}
+    if options.vae is None:
+        used.add("vae")
+    files = (
+        root / "model_index.json",
+        *sorted(
             p
-            for p in root.rglob("*")
+            for name in used
+            for p in (root / name).iterdir()
             if p.is_file()
-            and p.suffix in {".json", ".safetensors", ".txt", ".model"}
-            and (options.vae is None or p.parent.name != "vae")
-        )
+            and p.suffix in {".json", ".safetensors", ".txt"}
+            and p.name.count(".") == 1  # skip variants such as model.fp16.safetensors
+        ),
     )
     return Components(
         architecture=architecture,
@@ -188,6 +201,7 @@ def load_folder(
             "force_upcast": vae_config.get("force_upcast", True),
             "sample_size": vae_config.get("sample_size", 512),
         },
+        variant=_variant(unet_config),
         pipeline_options={k: index[k] for k in ("force_zeros_for_empty_prompt",) if k in index},
     )
 

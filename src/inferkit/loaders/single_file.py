@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import torch
@@ -26,7 +26,25 @@ from inferkit.safetensors_io import SafetensorsFile, TensorEntry
 
 __all__ = ["CheckpointInfo", "SingleFileLoader", "detect", "inspect_file"]
 
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+T = TypeVar("T")
+
+
+def _typed(source: str, work: Callable[[], T]) -> T:
+    """Run ``work``; a layout it cannot read becomes an UnsupportedModelError naming the file."""
+    try:
+        return work()
+    except InvalidParameterError:
+        raise
+    except (KeyError, StopIteration, ValueError, IndexError) as e:
+        if isinstance(e, UnsupportedModelError):
+            raise
+        raise UnsupportedModelError(
+            f"{source!r} has an unexpected checkpoint layout ({type(e).__name__}: {e}); it may "
+            "be damaged, or a model type inferkit does not know",
+            source=source,
+        ) from e
+
+
 _OPTIONS = frozenset({"prediction", "ema", "tokenizer", "tokenizer_2"})
 _SD_BETAS: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -135,7 +153,11 @@ def detect(
             source=source,
         )
     in_channels = _shape(entries, L.UNET_PREFIX + "input_blocks.0.0.weight")[1]
-    variant = "inpainting" if in_channels == 9 else "base"
+    out_channels = _shape(entries, L.UNET_PREFIX + "out.2.weight")[0]
+    if in_channels == out_channels:
+        variant = "base"
+    else:
+        variant = "inpainting" if in_channels == 9 else f"{in_channels}-channel input"
     evidence.append(f"UNet input channels {in_channels} -> {variant}")
 
     zero_snr = "ztsnr" in entries
@@ -535,36 +557,18 @@ class SingleFileLoader:
         if not isinstance(ema, bool):
             raise InvalidParameterError("ema", ema, "must be True or False")
         with SafetensorsFile(path) as f:
-            det = detect(f.tensors, f.metadata, source, extra.get("prediction"))
+            det = _typed(
+                source, lambda: detect(f.tensors, f.metadata, source, extra.get("prediction"))
+            )
             if ema and not det.has_ema:
                 raise InvalidParameterError(
                     "ema", True, f"{path.name} holds no EMA weights (model_ema.*)"
                 )
-            modules, used = self._networks(f, det, options, source, ema)
-        evidence = list(det.evidence)
-        tok_kind = {
-            "sd1": "clip-l",
-            "sd2": "openclip-h",
-            "sdxl": "clip-l",
-            "sdxl_refiner": "openclip-g",
-        }
-        if det.family != "sdxl_refiner":
-            tokenizer, why = _tokenizer(
-                tok_kind[det.family], extra.get("tokenizer"), options, source
-            )
-            modules["tokenizer"] = tokenizer
-            evidence.append(why)
-        if det.family.startswith("sdxl"):
-            reuse = "tokenizer_2" not in extra and "tokenizer" in extra
-            given = extra.get("tokenizer") if reuse else extra.get("tokenizer_2")
-            tokenizer_2, why = _tokenizer("openclip-g", given, options, source)
-            if reuse:
-                # SDXL's OpenCLIP tokenizer is CLIP's BPE with "!" as padding.
-                tokenizer_2.pad_token = "!"
-                why += " (reused for the second encoder, padding with '!')"
-            modules["tokenizer_2"] = tokenizer_2
-            evidence.append(why)
-        ignored = [n for n in det_keys(f.tensors) if n not in used]
+            evidence = list(det.evidence)
+            tokenizers = self._tokenizers(det, extra, options, source, evidence)
+            modules, used = _typed(source, lambda: self._networks(f, det, options, source, ema))
+        modules.update(tokenizers)
+        ignored = [n for n in f.tensors if n not in used]
         if ignored:
             evidence.append(
                 f"ignored {len(ignored)} tensors not used for inference (e.g. {ignored[0]})"
@@ -594,6 +598,34 @@ class SingleFileLoader:
                 "sample_size": det.resolution,
             },
         )
+
+    def _tokenizers(
+        self,
+        det: CheckpointInfo,
+        extra: dict[str, Any],
+        options: LoadOptions,
+        source: str,
+        evidence: list[str],
+    ) -> dict[str, Any]:
+        """Find the tokenizers first, so that a missing one is reported before any tensor loads."""
+        found: dict[str, Any] = {}
+        kinds = {"sd1": "clip-l", "sd2": "openclip-h", "sdxl": "clip-l"}
+        if det.family in kinds:
+            found["tokenizer"], why = _tokenizer(
+                kinds[det.family], extra.get("tokenizer"), options, source
+            )
+            evidence.append(why)
+        if det.family.startswith("sdxl"):
+            reuse = "tokenizer_2" not in extra and "tokenizer" in extra
+            given = extra.get("tokenizer") if reuse else extra.get("tokenizer_2")
+            tokenizer_2, why = _tokenizer("openclip-g", given, options, source)
+            if reuse:
+                # SDXL's OpenCLIP tokenizer is CLIP's BPE with "!" as padding.
+                tokenizer_2.pad_token = "!"
+                why += " (reused for the second encoder, padding with '!')"
+            found["tokenizer_2"] = tokenizer_2
+            evidence.append(why)
+        return found
 
     def _networks(
         self, f: SafetensorsFile, det: CheckpointInfo, options: LoadOptions, source: str, ema: bool
@@ -684,8 +716,3 @@ class SingleFileLoader:
             used |= _fill(model, f, mapping, dtype, source)
             modules[name] = model
         return modules, used
-
-
-def det_keys(entries: Mapping[str, TensorEntry]) -> list[str]:
-    """Return the tensor names of a checkpoint in file order."""
-    return list(entries)

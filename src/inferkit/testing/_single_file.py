@@ -104,15 +104,13 @@ def write_single_file(
         te2 = modules["text_encoder_2"].state_dict()
         _put(out, te2, lambda k: L.openclip_key(k, L.REFINER_OPENCLIP_PREFIX))
     te = modules["text_encoder"].state_dict() if "text_encoder" in modules else {}
-    if family == "sdxl_refiner":
-        pass
-    elif family == "sd1":
+    if family == "sd1":
         _put(out, te, lambda k: L.clip_key(k, L.CLIP_PREFIX))
         out[L.CLIP_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
     elif family == "sd2":
         _put(out, te, lambda k: L.openclip_key(k, L.OPENCLIP_PREFIX))
         _add_unused_openclip_layer(out, L.OPENCLIP_PREFIX, modules["text_encoder"].config)
-    else:
+    elif family == "sdxl":
         _put(out, te, lambda k: L.clip_key(k, L.SDXL_CLIP_PREFIX))
         te2 = modules["text_encoder_2"].state_dict()
         _put(out, te2, lambda k: L.openclip_key(k, L.SDXL_OPENCLIP_PREFIX))
