@@ -2,7 +2,8 @@
 
     python -m inferkit.zoo.shapes.train --out DIR [--seed 0] [--vae-steps N] [--unet-steps N]
 
-Three stages, all on the CPU and deterministic for a given seed on a given machine:
+Three stages, all on the CPU, seeded and with torch's deterministic algorithms (single-threaded
+runs are bit-identical; see docs/shapes.md for multi-threaded runs):
 
 1. draw the dataset (every colour x shape x background, at random sizes and positions);
 2. train the VAE (``AutoencoderKL``, 8x downsampling) on reconstruction with a light KL term,
