@@ -21,15 +21,26 @@ def test_auto_on_a_cpu_machine_is_cpu_float32(monkeypatch: pytest.MonkeyPatch) -
     assert "no CUDA or MPS" in plan.reasons[0]
 
 
-@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
-def test_auto_on_cuda_prefers_bfloat16(
-    monkeypatch: pytest.MonkeyPatch, bf16: bool, expected: torch.dtype
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16)],
+)
+def test_auto_on_cuda_prefers_native_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], expected: torch.dtype
 ) -> None:
-    """On CUDA, auto picks bfloat16 where supported, else float16."""
+    """On CUDA, auto picks bfloat16 on cards that compute it natively (Ampere+), else float16."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     plan = inferkit.DevicePolicy().plan()
     assert (plan.device, plan.dtype) == ("cuda", expected)
+
+
+def test_missing_cuda_index_is_a_device_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda:7 on a one-GPU machine is refused with the valid range."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(inferkit.DeviceUnavailableError, match="cuda:0"):
+        inferkit.DevicePolicy(device="cuda:7").plan()
 
 
 def test_auto_prefers_cuda_then_mps(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -185,6 +185,16 @@ def _cuda_ok() -> bool:
     return torch.cuda.is_available()
 
 
+def _native_bf16(device: str) -> bool:
+    """Whether the GPU computes bfloat16 natively (Ampere, compute capability 8.0, or newer).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes for emulated bfloat16 on older cards, which
+    is slow there.
+    """
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
+
+
 def _mps_ok() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
@@ -233,6 +243,13 @@ class DevicePolicy:
                 f"device={requested!r} was requested but CUDA is not available here "
                 f"(torch {torch.__version__}); use device='cpu' or 'auto'"
             )
+        index = torch.device(requested).index
+        if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device={requested!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
         if kind == "mps" and not _mps_ok():
             raise DeviceUnavailableError(
                 f"device={requested!r} was requested but MPS is not available; use 'cpu' or 'auto'"
@@ -251,7 +268,7 @@ class DevicePolicy:
         if dtype is not None:
             dtype_reason = f"dtype {dtype_name(dtype)} as requested"
         elif kind == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.bfloat16 if _native_bf16(device) else torch.float16
             dtype_reason = f"dtype {dtype_name(dtype)}: best half precision this GPU supports"
         elif kind == "mps":
             dtype, dtype_reason = torch.float16, "dtype float16: the usual precision on MPS"

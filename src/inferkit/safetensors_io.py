@@ -117,6 +117,11 @@ class SafetensorsFile:
             self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()
         except FileNotFoundError as e:
             raise ModelNotFoundError(f"no such file: {self.path}", source=str(self.path)) from e
+        except OSError as e:  # e.g. permission denied
+            raise UnsupportedModelError(
+                f"cannot open {self.path}: {e.strerror or e}; check its permissions",
+                source=str(self.path),
+            ) from e
         try:
             self.tensors, self.metadata, self._data_start = self._read_header()
         except BaseException:

@@ -87,7 +87,11 @@ def cached_folder(repo_id: str, options: LoadOptions) -> Path | None:
 def resolve_snapshot(repo_id: str, options: LoadOptions) -> Path:
     """Return the local snapshot folder of ``repo_id`` at ``options.revision``."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     local_only = options.local_files_only
     offline = hub_offline()
@@ -124,6 +128,11 @@ def resolve_snapshot(repo_id: str, options: LoadOptions) -> Path:
             ignore_patterns=_IGNORED,
             etag_timeout=10,
         )
+    except RevisionNotFoundError as e:
+        raise ModelNotFoundError(
+            f"hub repo {repo_id!r} has no revision {revision!r}; check the branch, tag or commit",
+            source=repo_id,
+        ) from e
     except RepositoryNotFoundError as e:
         raise ModelNotFoundError(
             f"hub repo {repo_id!r} does not exist or needs a token (`hf auth login`)",
