@@ -36,6 +36,7 @@ from inferkit.errors import InvalidParameterError, UnknownSchedulerError
 
 __all__ = [
     "SCHEDULES",
+    "SD_NOISE_SCHEDULE",
     "SamplerChoice",
     "SamplerSpec",
     "build_scheduler",
@@ -45,6 +46,15 @@ __all__ = [
     "sampler_for_config",
     "samplers",
 ]
+
+SD_NOISE_SCHEDULE: Mapping[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
+"""The noise schedule every Stable Diffusion 1.x/2.x/XL model was trained with."""
 
 SCHEDULES: tuple[str, ...] = ("normal", "karras", "exponential", "beta")
 """Sigma schedules a sampler may support, in the order ``inferkit schedulers`` prints them."""

@@ -23,6 +23,7 @@ from inferkit.errors import InvalidParameterError, ModelNotFoundError, Unsupport
 from inferkit.loaders import ldm_layout as L
 from inferkit.loaders.base import Components, LoadOptions
 from inferkit.safetensors_io import SafetensorsFile, TensorEntry
+from inferkit.schedulers import SD_NOISE_SCHEDULE
 
 __all__ = ["CheckpointInfo", "SingleFileLoader", "detect", "inspect_file"]
 
@@ -46,12 +47,8 @@ def _typed(source: str, work: Callable[[], T]) -> T:
 
 
 _OPTIONS = frozenset({"prediction", "ema", "tokenizer", "tokenizer_2"})
-_SD_BETAS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
+_SCHEDULER_BASE: dict[str, Any] = {
+    **SD_NOISE_SCHEDULE,
     "timestep_spacing": "leading",
     # As in the SD releases' own configs: clipping x0 to [-1, 1] is for pixel-space models.
     "clip_sample": False,
@@ -575,7 +572,7 @@ class SingleFileLoader:
             )
         scheduler = {
             "_class_name": "EulerDiscreteScheduler",
-            **_SD_BETAS,
+            **_SCHEDULER_BASE,
             "prediction_type": det.prediction_type,
         }
         if det.zero_snr:

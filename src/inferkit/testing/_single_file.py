@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from inferkit.loaders import ldm_layout as L
+from inferkit.schedulers import SD_NOISE_SCHEDULE
 
 __all__ = ["write_single_file"]
 
@@ -115,7 +116,9 @@ def write_single_file(
         te2 = modules["text_encoder_2"].state_dict()
         _put(out, te2, lambda k: L.openclip_key(k, L.SDXL_OPENCLIP_PREFIX))
         out[L.SDXL_OPENCLIP_PREFIX + "logit_scale"] = torch.tensor(4.6052)
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    start, end = SD_NOISE_SCHEDULE["beta_start"], SD_NOISE_SCHEDULE["beta_end"]
+    steps = SD_NOISE_SCHEDULE["num_train_timesteps"]
+    betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
     out["betas"] = betas.float()
     out["alphas_cumprod"] = torch.cumprod(1 - betas, 0).float()
     for marker in markers:

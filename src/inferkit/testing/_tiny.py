@@ -12,6 +12,7 @@ import torch
 
 from inferkit._bpe import write_clip_tokenizer
 from inferkit._quiet import quiet_libraries
+from inferkit.schedulers import SD_NOISE_SCHEDULE
 
 __all__ = ["ARCHITECTURES", "tiny_model_path", "write_tiny_model"]
 
@@ -25,13 +26,6 @@ ARCHITECTURES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 _TEXT_WIDTH = 64
 # SDXL's second encoder is wider than its first, as in the real model (1280 vs 768).
 _TEXT_WIDTH_2 = 128
-_SD_BETAS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
-}
 
 
 def _text_encoder(vocab_size: int, *, act: str, projection: bool, width: int = _TEXT_WIDTH) -> Any:
@@ -193,7 +187,9 @@ def write_tiny_model(
         pipe: Any
         scheduler: Any
         if arch == "sd1":
-            scheduler = PNDMScheduler(**_SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False)
+            scheduler = PNDMScheduler(
+                **SD_NOISE_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False
+            )
             pipe = StableDiffusionPipeline(
                 vae=vae,
                 text_encoder=text_encoder,
@@ -206,7 +202,7 @@ def write_tiny_model(
             )
         elif arch == "sd2":
             scheduler = DDIMScheduler(
-                **_SD_BETAS,
+                **SD_NOISE_SCHEDULE,
                 prediction_type="v_prediction",
                 set_alpha_to_one=False,
                 clip_sample=False,
@@ -222,7 +218,7 @@ def write_tiny_model(
                 requires_safety_checker=False,
             )
         elif arch == "sdxl_refiner":
-            scheduler = EulerDiscreteScheduler(**_SD_BETAS, timestep_spacing="leading")
+            scheduler = EulerDiscreteScheduler(**SD_NOISE_SCHEDULE, timestep_spacing="leading")
             pipe = StableDiffusionXLImg2ImgPipeline(
                 vae=vae,
                 text_encoder=None,
@@ -235,7 +231,7 @@ def write_tiny_model(
                 force_zeros_for_empty_prompt=False,
             )
         else:
-            scheduler = EulerDiscreteScheduler(**_SD_BETAS, timestep_spacing="leading")
+            scheduler = EulerDiscreteScheduler(**SD_NOISE_SCHEDULE, timestep_spacing="leading")
             pipe = StableDiffusionXLPipeline(
                 vae=vae,
                 text_encoder=text_encoder,

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from inferkit._bpe import write_clip_tokenizer
+from inferkit.schedulers import SD_NOISE_SCHEDULE
 from inferkit.zoo.shapes.data import BACKGROUNDS, COLORS, SHAPES, caption, combinations, draw
 
 __all__ = ["main", "train"]
@@ -158,9 +159,7 @@ def _train_unet(
 ) -> Any:
     from diffusers import DDPMScheduler
 
-    schedule = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-    )
+    schedule = DDPMScheduler(**SD_NOISE_SCHEDULE)
     alphas = schedule.alphas_cumprod
     params = list(unet.parameters()) + list(text.parameters())
     optimizer = torch.optim.AdamW(params, lr=4e-4, weight_decay=0.01)
@@ -284,14 +283,7 @@ def train(
         record["unet_seconds"] = time.perf_counter() - t
 
         folder = Path(tmp) / "diffusers"
-        scheduler = EulerDiscreteScheduler(
-            num_train_timesteps=1000,
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            steps_offset=1,
-            timestep_spacing="leading",
-        )
+        scheduler = EulerDiscreteScheduler(**SD_NOISE_SCHEDULE, timestep_spacing="leading")
         pipe = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text,
