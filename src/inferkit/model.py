@@ -376,7 +376,12 @@ class Model:
         images = []
         for index, (image, seed) in enumerate(zip(out.images, resolved.seeds, strict=True)):
             record, text = image_record(
-                params=resolved, model=info, seed=seed, index=index, version=_version()
+                params=resolved,
+                choice=choice,
+                model=info,
+                seed=seed,
+                index=index,
+                version=_version(),
             )
             images.append(
                 GeneratedImage(image=image, seed=seed, index=index, metadata=record, infotext=text)

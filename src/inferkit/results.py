@@ -21,6 +21,7 @@ import attrs
 
 from inferkit.metadata import JSON_KEY, PARAMETERS_KEY, check_png_path, format_infotext
 from inferkit.params import ResolvedParams
+from inferkit.schedulers import SamplerChoice
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -205,7 +206,13 @@ class InferenceResult:
 
 
 def image_record(
-    *, params: ResolvedParams, model: ModelInfo, seed: int, index: int, version: str
+    *,
+    params: ResolvedParams,
+    choice: SamplerChoice,
+    model: ModelInfo,
+    seed: int,
+    index: int,
+    version: str,
 ) -> tuple[dict[str, Any], str]:
     """Build the JSON record and the infotext for one image."""
     record: dict[str, Any] = {
@@ -221,14 +228,10 @@ def image_record(
             "prediction_type": model.prediction_type,
         },
     }
-    label, schedule_label = params.scheduler_label, None
-    for sched in ("Karras", "Exponential", "Beta"):
-        if label.endswith(" " + sched):
-            label, schedule_label = label[: -len(sched) - 1], sched
     fields = {
         "Steps": params.steps,
-        "Sampler": label,
-        "Schedule type": schedule_label,
+        "Sampler": choice.sampler.label,
+        "Schedule type": choice.schedule_label,
         "CFG scale": params.guidance,
         "Seed": seed,
         "Size": f"{params.width}x{params.height}",

@@ -143,11 +143,16 @@ class SamplerChoice:
         return f"{self.sampler.name}_{self.schedule}"
 
     @property
+    def schedule_label(self) -> str | None:
+        """AUTOMATIC1111's "Schedule type" (``"Karras"``), or ``None`` for the normal one."""
+        return _SCHEDULE_LABELS.get(self.schedule)
+
+    @property
     def label(self) -> str:
         """AUTOMATIC1111-style label, e.g. ``"DPM++ 2M Karras"``."""
-        if self.schedule == "normal":
+        if self.schedule_label is None:
             return self.sampler.label
-        return f"{self.sampler.label} {_SCHEDULE_LABELS[self.schedule]}"
+        return f"{self.sampler.label} {self.schedule_label}"
 
 
 _BUILTIN: tuple[SamplerSpec, ...] = (
