@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from inferkit.errors import InferkitError, InvalidParameterError
+from inferkit.metadata import check_png_path
 
 __all__ = ["main"]
 
@@ -82,8 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _outputs(output: str, count: int) -> list[Path]:
     path = Path(output)
-    if path.suffix.lower() != ".png":
-        raise InvalidParameterError("--output", output, "must be a .png path")
+    check_png_path(path)
     if not path.parent.is_dir():
         raise InvalidParameterError("--output", output, f"its folder {path.parent} does not exist")
     if count == 1:
@@ -143,20 +143,26 @@ def _inspect_file(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found.as_dict(), indent=2))
         return 0
-    rows = [
-        ("family", found.family),
-        ("variant", found.variant),
-        ("prediction", found.prediction_type),
-        ("stored dtype", found.stored_dtype),
-        ("EMA weights", "yes" if found.has_ema else "no"),
-        ("native size", found.resolution),
-    ]
+    _print_report(
+        [
+            ("family", found.family),
+            ("variant", found.variant),
+            ("prediction", found.prediction_type),
+            ("stored dtype", found.stored_dtype),
+            ("EMA weights", "yes" if found.has_ema else "no"),
+            ("native size", found.resolution),
+        ],
+        found.evidence,
+    )
+    return 0
+
+
+def _print_report(rows: list[tuple[str, object]], evidence: tuple[str, ...]) -> None:
     for key, value in rows:
         print(f"{key:<13}{value}")
     print("evidence:")
-    for line in found.evidence:
+    for line in evidence:
         print(f"  - {line}")
-    return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -169,22 +175,20 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info.as_dict(), indent=2))
         return 0
-    rows = [
-        ("name", info.name),
-        ("architecture", info.architecture),
-        ("prediction", info.prediction_type),
-        ("components", ", ".join(info.components)),
-        ("parameters", f"{info.parameters:,}"),
-        ("dtype", info.dtype),
-        ("scheduler", info.default_scheduler),
-        ("hash", info.hash),
-        ("loader", info.loader),
-    ]
-    for key, value in rows:
-        print(f"{key:<13}{value}")
-    print("evidence:")
-    for line in info.evidence:
-        print(f"  - {line}")
+    _print_report(
+        [
+            ("name", info.name),
+            ("architecture", info.architecture),
+            ("prediction", info.prediction_type),
+            ("components", ", ".join(info.components)),
+            ("parameters", f"{info.parameters:,}"),
+            ("dtype", info.dtype),
+            ("scheduler", info.default_scheduler),
+            ("hash", info.hash),
+            ("loader", info.loader),
+        ],
+        info.evidence,
+    )
     return 0
 
 

@@ -276,13 +276,15 @@ def unet_config(entries: Mapping[str, TensorEntry], family: str, resolution: int
     proj_in = next(
         e for n, e in entries.items() if n.startswith(p) and n.endswith(".proj_in.weight")
     )
+    # diffusers has no setting for the middle block's depth: it takes the last level's.
     mid_depth = _depth(entries, p + "middle_block.1.")
-    if mid_depth != depths[-1] and down_types[-1] == "CrossAttnDownBlock2D":
+    if down_types[-1] == "DownBlock2D":
+        depths[-1] = mid_depth or 1
+    elif mid_depth != depths[-1]:
         raise UnsupportedModelError(
             f"middle block depth {mid_depth} differs from the last level's {depths[-1]}",
             source="unet",
         )
-    depths[-1] = mid_depth if down_types[-1] == "DownBlock2D" and mid_depth else depths[-1]
     if family == "sd1":
         heads: int | list[int] = 8
     else:
