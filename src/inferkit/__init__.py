@@ -25,6 +25,7 @@ from inferkit.errors import (
     UnknownSchedulerError,
     UnsupportedModelError,
 )
+from inferkit.fast_policy import FastPolicy
 from inferkit.loaders import (
     Components,
     Loader,
@@ -58,6 +59,7 @@ __all__ = [
     "DeviceUnavailableError",
     "DevicePolicy",
     "ExecutionPlan",
+    "FastPolicy",
     "GeneratedImage",
     "GenerationParams",
     "ImageMetadata",

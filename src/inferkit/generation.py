@@ -127,8 +127,24 @@ def decode(pipe: Any, latents: torch.Tensor, vae_dtype: torch.dtype) -> list[Any
         else:
             z = z / config.scaling_factor
         pixels = vae.decode(z, return_dict=False)[0]
-        images.extend(pipe.image_processor.postprocess(pixels, output_type="pil"))
+        images.extend(to_pil(pixels, bool(pipe.image_processor.config.do_normalize)))
     return images
+
+
+def to_pil(pixels: torch.Tensor, denormalize: bool = True) -> list[Any]:
+    """Convert decoded pixels (``B x C x H x W``) to PIL images, as diffusers' postprocess does.
+
+    The arithmetic matches diffusers' (half-to-even rounding of float32 ``x * 255``) but runs on
+    the pixels' device, so only bytes cross to the CPU.
+    """
+    from PIL import Image
+
+    if denormalize:
+        pixels = (pixels * 0.5 + 0.5).clamp(0, 1)
+    rgb = (pixels.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    if rgb.shape[-1] == 1:
+        return [Image.fromarray(image.squeeze(-1), mode="L") for image in rgb]
+    return [Image.fromarray(image) for image in rgb]
 
 
 def run(

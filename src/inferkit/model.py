@@ -166,6 +166,9 @@ class Model:
             local_files_only=local_files_only,
             vae=vae,
             extra=loader_options,
+            device=plan.device
+            if not {"model_offload", "sequential_offload"} & set(plan.memory)
+            else "cpu",
         )
         text = os.fspath(source)
         loader = select_loader(text, options)
@@ -476,12 +479,11 @@ def _policy(policy: Policy | None, device: str, dtype: str | torch.dtype) -> Pol
     if not isinstance(policy, Policy):
         raise InvalidParameterError("policy", policy, "must have plan(), finalize() and apply()")
     if device != "auto" or dtype != "auto":
-        if isinstance(policy, DevicePolicy):
-            return attrs.evolve(
-                policy,
-                device=device if device != "auto" else policy.device,
-                dtype=dtype if dtype != "auto" else policy.dtype,
-            )
+        cls: Any = type(policy)
+        if attrs.has(cls) and {"device", "dtype"} <= attrs.fields_dict(cls).keys():
+            changes = {k: v for k, v in {"device": device, "dtype": dtype}.items() if v != "auto"}
+            evolved: Policy = attrs.evolve(policy, **changes)  # type: ignore[misc]
+            return evolved
         raise InvalidParameterError(
             "device" if device != "auto" else "dtype",
             device if device != "auto" else dtype,

@@ -326,10 +326,10 @@ class DevicePolicy:
             else:
                 pipeline.enable_sequential_cpu_offload(device=plan.device)
         elif any(
-            p.device != torch.device(plan.device)
+            t.device != torch.device(plan.device)
             for m in pipeline.components.values()
             if isinstance(m, torch.nn.Module)
-            for p in m.parameters()
+            for t in (*m.parameters(), *m.buffers())
         ):
             pipeline.to(plan.device)
         if pipeline.vae.dtype != plan.vae_dtype:

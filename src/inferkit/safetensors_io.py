@@ -25,6 +25,8 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,7 +36,7 @@ import torch
 
 from inferkit.errors import ModelNotFoundError, UnsupportedModelError
 
-__all__ = ["DTYPES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry"]
+__all__ = ["DTYPES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry", "write_file"]
 
 HEADER_LIMIT = 100 * 1024 * 1024
 """Largest header accepted (bytes). Real checkpoints' headers are well under 1 MB."""
@@ -209,6 +211,102 @@ class SafetensorsFile:
                 raise _bad(self.path, f"tensor {name!r} is cut short (file truncated?)")
         return buffer.view(entry.torch_dtype).reshape(entry.shape).to(target)
 
+    def read_to_device(
+        self,
+        names: Iterable[str],
+        device: str | torch.device,
+        *,
+        chunk_bytes: int = 32 * 1024 * 1024,
+        threads: int = 8,
+    ) -> dict[str, torch.Tensor]:
+        """Copy many tensors to ``device`` in one pass; return them in their stored dtype.
+
+        The tensors' bytes land in one device buffer (one allocation, contiguous runs of the
+        file copied as large chunks); each tensor is a view into it. Several threads read
+        chunks with ``pread`` into pinned host buffers, and each chunk's host-to-device copy
+        overlaps the next read. No tensor is created on the CPU, so nothing passes through
+        float32 or random initialisation. On a CPU ``device`` the same code path runs with
+        ordinary buffers (used by tests).
+
+        Example:
+            >>> import tempfile, os, torch
+            >>> from safetensors.torch import save_file
+            >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+            >>> save_file({"a": torch.ones(2), "b": torch.arange(3.0)}, path)
+            >>> with SafetensorsFile(path) as f:
+            ...     f.read_to_device(["b"], "cpu")["b"].tolist()
+            [0.0, 1.0, 2.0]
+
+        """
+        target = torch.device(device)
+        entries = sorted((self.tensors[n] for n in set(names)), key=lambda e: e.start)
+        runs: list[list[int]] = []  # [file start, file end, buffer position]
+        position: dict[str, int] = {}
+        total = 0
+        for entry in entries:
+            if runs and runs[-1][1] == entry.start:
+                runs[-1][1] = entry.end
+            elif entry.end > entry.start:
+                runs.append([entry.start, entry.end, total])
+            position[entry.name] = total if not runs else runs[-1][2] + entry.start - runs[-1][0]
+            total += entry.end - entry.start
+        buffer = torch.empty(total, dtype=torch.uint8, device=target)
+        chunks = [
+            (start + at, min(chunk_bytes, end - start - at), where + at)
+            for start, end, where in runs
+            for at in range(0, end - start, chunk_bytes)
+        ]
+        self._copy_chunks(chunks, buffer, chunk_bytes, max(1, min(threads, len(chunks))))
+        out: dict[str, torch.Tensor] = {}
+        for entry in entries:
+            at, size = position[entry.name], entry.end - entry.start
+            raw = buffer[at : at + size]
+            if at % max(1, _SIZES[entry.dtype]):
+                raw = raw.clone()  # unaligned in the file: give it its own aligned storage
+            out[entry.name] = raw.view(entry.torch_dtype).reshape(entry.shape)
+        return out
+
+    def _copy_chunks(
+        self,
+        chunks: list[tuple[int, int, int]],
+        buffer: torch.Tensor,
+        chunk_bytes: int,
+        threads: int,
+    ) -> None:
+        """Read ``(file offset, size, buffer position)`` chunks into ``buffer``."""
+        cuda = buffer.is_cuda
+        fd = self._fh.fileno()
+        base = self._data_start
+
+        def worker(mine: list[tuple[int, int, int]]) -> None:
+            host = torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=cuda)
+            view = host.numpy().data
+            stream = torch.cuda.Stream(device=buffer.device) if cuda else None  # type: ignore[no-untyped-call]
+            done: Any = None
+            for offset, size, where in mine:
+                if done is not None:
+                    done.synchronize()  # the previous copy out of ``host`` has finished
+                got = os.preadv(fd, [view[:size]], base + offset)
+                if got != size:
+                    raise _bad(self.path, f"tensor data at byte {base + offset} is cut short")
+                if stream is None:
+                    buffer[where : where + size].copy_(host[:size])
+                    continue
+                with torch.cuda.stream(stream):
+                    buffer[where : where + size].copy_(host[:size], non_blocking=True)
+                    done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                    done.record(stream)
+            if done is not None:
+                done.synchronize()
+
+        shares = [chunks[i::threads] for i in range(threads)]
+        if threads == 1:
+            worker(shares[0])
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            for future in [pool.submit(worker, share) for share in shares]:
+                future.result()
+
     def _mapping(self) -> mmap.mmap:
         if self._mm is None:
             # Private (copy-on-write) so that tensors are writable without touching the file.
@@ -271,3 +369,49 @@ def _entry(path: Path, name: str, info: Any, data_size: int) -> TensorEntry:
     if offsets[1] > data_size:
         raise _bad(path, f"tensor {name!r} ends past the end of the file (truncated download?)")
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+
+
+def write_file(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``tensors`` as a safetensors file whose bytes depend only on the inputs.
+
+    ``safetensors.torch.save_file`` writes the metadata in hash-map order, which changes from
+    process to process; here header keys are sorted, so equal inputs give equal files (and
+    equal sha256 sums). Tensors are laid out by decreasing element size, then name.
+
+    Example:
+        >>> import tempfile, os, torch
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+        >>> write_file(path, {"w": torch.ones(2)}, {"b": "2", "a": "1"})
+        >>> with SafetensorsFile(path) as f:
+        ...     f.metadata, f.read("w").tolist()
+        ({'a': '1', 'b': '2'}, [1.0, 1.0])
+
+    """
+    names = {dt: name for name, dt in DTYPES.items()}
+    order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {k: str(metadata[k]) for k in sorted(metadata)}
+    offset = 0
+    for name in order:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": names[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as out:
+        out.write(struct.pack("<Q", len(text)))
+        out.write(text)
+        for name in order:
+            tensor = tensors[name].detach().to("cpu").contiguous()
+            if tensor.numel():
+                out.write(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -47,6 +47,8 @@ class LoadOptions:
         vae: a replacement VAE that :meth:`Model.load` will load; loaders may then skip their
             own VAE (leaving ``modules["vae"]`` out) but must still fill ``vae_settings``.
         extra: loader-specific keyword arguments that :meth:`Model.load` did not know.
+        device: where the weights will run; loaders may read them straight onto it (the
+            policy moves whatever they leave elsewhere).
 
     Example:
         >>> import torch
@@ -60,6 +62,7 @@ class LoadOptions:
     local_files_only: bool | None = None
     vae: str | os.PathLike[str] | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
+    device: str = "cpu"
 
 
 @attrs.frozen(kw_only=True)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from inferkit._quiet import quiet_libraries
 from inferkit.errors import UnsupportedModelError
 from inferkit.loaders.base import Components, LoadOptions
+from inferkit.loaders.weights import fill, no_init, open_weights, prefetch
 
 __all__ = ["FolderLoader", "detect_architecture"]
 
@@ -25,14 +29,8 @@ _SDXL_PIPELINES = {
 }
 
 
-def _transformers_dtype_kwarg() -> str:
-    from importlib.metadata import version
-
-    major, minor = (int(x) for x in version("transformers").split(".")[:2])
-    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-_TRANSFORMERS_DTYPE = _transformers_dtype_kwarg()
+_DIFFUSERS_WEIGHTS = "diffusion_pytorch_model"
+_TRANSFORMERS_WEIGHTS = "model"
 _TEXT_ENCODERS = {"CLIPTextModel", "CLIPTextModelWithProjection"}
 _TOKENIZERS = {"CLIPTokenizer", "CLIPTokenizerFast"}
 
@@ -90,7 +88,9 @@ class FolderLoader:
 
     Each component is created with its own class (the class names in ``model_index.json`` are
     checked against an allow-list, so a folder cannot make inferkit import arbitrary classes),
-    from safetensors weights only, directly in the requested dtype.
+    built from its ``config.json`` without initialising weights, then filled from its
+    safetensors file (or checked shards) directly in the requested dtype and on the target
+    device. Missing, unexpected and wrongly shaped weights are errors.
 
     Example:
         >>> import inferkit, torch
@@ -152,25 +152,48 @@ def load_folder(
     pairs = [] if architecture == "sdxl_refiner" else [("text_encoder", "tokenizer")]
     if architecture.startswith("sdxl"):
         pairs.append(("text_encoder_2", "tokenizer_2"))
-    common: dict[str, Any] = {"local_files_only": True}
-    weights: dict[str, Any] = {**common, "torch_dtype": options.dtype, "use_safetensors": True}
-    # transformers >= 4.56 names it dtype; its deprecated torch_dtype path is 4x slower.
-    text_weights = {**common, _TRANSFORMERS_DTYPE: options.dtype, "use_safetensors": True}
     modules: dict[str, Any] = {}
+    weight_files: list[Path] = []
     with warnings.catch_warnings(), quiet_libraries():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        modules["unet"] = _load(diffusers.UNet2DConditionModel, root / "unet", weights, source)
+        modules["unet"] = _network(
+            lambda: diffusers.UNet2DConditionModel.from_config(unet_config),
+            root / "unet",
+            _DIFFUSERS_WEIGHTS,
+            options,
+            source,
+            weight_files,
+        )
         vae_config = _read_json(root / "vae" / "config.json", source)
         if options.vae is None:
-            modules["vae"] = _load(diffusers.AutoencoderKL, root / "vae", weights, source)
+            modules["vae"] = _network(
+                lambda: diffusers.AutoencoderKL.from_config(vae_config),
+                root / "vae",
+                _DIFFUSERS_WEIGHTS,
+                options,
+                source,
+                weight_files,
+            )
         for encoder_key, tokenizer_key in pairs:
-            enc_cls = _component_class(index, encoder_key, _TEXT_ENCODERS, source)
+            enc_cls = getattr(
+                transformers, _component_class(index, encoder_key, _TEXT_ENCODERS, source)
+            )
             tok_cls = _component_class(index, tokenizer_key, _TOKENIZERS, source)
-            modules[encoder_key] = _load(
-                getattr(transformers, enc_cls), root / encoder_key, text_weights, source
+            folder = root / encoder_key
+            config = _text_config(enc_cls, folder, source)
+            modules[encoder_key] = _network(
+                functools.partial(enc_cls, config),
+                folder,
+                _TRANSFORMERS_WEIGHTS,
+                options,
+                source,
+                weight_files,
             )
             modules[tokenizer_key] = _load(
-                getattr(transformers, tok_cls), root / tokenizer_key, common, source
+                getattr(transformers, tok_cls),
+                root / tokenizer_key,
+                {"local_files_only": True},
+                source,
             )
     used = {name for pair in pairs for name in pair} | {"unet", "scheduler"}
     if options.vae is None:
@@ -178,12 +201,15 @@ def load_folder(
     files = (
         root / "model_index.json",
         *sorted(
-            p
-            for name in used
-            for p in (root / name).iterdir()
-            if p.is_file()
-            and p.suffix in {".json", ".safetensors", ".txt"}
-            and p.name.count(".") == 1  # skip variants such as model.fp16.safetensors
+            {
+                *weight_files,
+                *(
+                    p
+                    for name in used
+                    for p in (root / name).iterdir()
+                    if p.is_file() and p.suffix in {".json", ".txt"}
+                ),
+            }
         ),
     )
     return Components(
@@ -206,21 +232,98 @@ def load_folder(
     )
 
 
-def _load(cls: Any, folder: Path, kwargs: dict[str, Any], source: str) -> Any:
+def _require(folder: Path, source: str) -> None:
     if not folder.is_dir():
         raise UnsupportedModelError(
             f"{source!r} has no {folder.name}/ folder, which model_index.json requires",
             source=source,
         )
+
+
+def _load(cls: Any, folder: Path, kwargs: dict[str, Any], source: str) -> Any:
+    _require(folder, source)
     try:
-        module = cls.from_pretrained(folder, **kwargs)
+        return cls.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         raise UnsupportedModelError(
-            f"could not load {folder} as {cls.__name__}: {e}. The folder needs safetensors "
-            "weights and a config.json; re-export it with save_pretrained(safe_serialization=True)",
+            f"could not load {folder} as {cls.__name__}: {e}. Re-export the model with "
+            "save_pretrained",
             source=source,
         ) from e
-    if hasattr(module, "eval"):
-        module.eval()
-        module.requires_grad_(False)
+
+
+def _text_config(cls: Any, folder: Path, source: str) -> Any:
+    _require(folder, source)
+    try:
+        return cls.config_class.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UnsupportedModelError(
+            f"could not read {folder / 'config.json'} as a {cls.config_class.__name__}: {e}",
+            source=source,
+        ) from e
+
+
+# Older diffusers exports name the VAE's attention projections differently.
+_OLD_ATTENTION = {
+    ".to_q.": ".query.",
+    ".to_k.": ".key.",
+    ".to_v.": ".value.",
+    ".to_out.0.": ".proj_attn.",
+}
+# Buffers that older exports saved and current modules rebuild themselves.
+_IGNORABLE = re.compile(r"(^|\.)position_ids$")
+
+
+def _network(
+    build: Callable[[], Any],
+    folder: Path,
+    stem: str,
+    options: LoadOptions,
+    source: str,
+    weight_files: list[Path],
+) -> Any:
+    """Build a module on meta from its config and fill it from the folder's safetensors."""
+    _require(folder, source)
+    try:
+        with no_init():
+            module = build()
+    except (TypeError, ValueError, KeyError) as e:
+        raise UnsupportedModelError(
+            f"{folder / 'config.json'} does not describe a network inferkit can build ({e})",
+            source=source,
+        ) from e
+    with open_weights(folder, stem, source) as f:
+
+        def mapping(key: str) -> tuple[str, str]:
+            if key in f.tensors:
+                return key, "same"
+            for new, old in _OLD_ATTENTION.items():
+                if new in key and key.replace(new, old) in f.tensors:
+                    return key.replace(new, old), _old_transform(f.tensors[key.replace(new, old)])
+            return key, "same"
+
+        used = fill(
+            module,
+            f,
+            mapping,
+            options.dtype,
+            str(folder),
+            device=options.device,
+            prefetched=prefetch(f, options.device),
+        )
+        unexpected = sorted(k for k in f.tensors if k not in used and not _IGNORABLE.search(k))
+        if unexpected:
+            more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+            raise UnsupportedModelError(
+                f"{folder} holds {len(unexpected)} weights its {type(module).__name__} does not "
+                f"have: {', '.join(unexpected[:5])}{more}. The weights do not match "
+                "config.json; re-export the model",
+                source=source,
+            )
+        weight_files.extend(f.paths)
     return module
+
+
+def _old_transform(entry: Any) -> str:
+    # Old VAE attention projections are stored as 1x1 convolutions in some exports.
+    return "conv1x1" if len(entry.shape) == 4 else "same"

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +21,7 @@ import torch
 from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
 from inferkit.loaders import ldm_layout as L
 from inferkit.loaders.base import Components, LoadOptions
+from inferkit.loaders.weights import WeightFiles, fill, no_init, prefetch
 from inferkit.safetensors_io import SafetensorsFile, TensorEntry
 from inferkit.schedulers import SD_NOISE_SCHEDULE
 
@@ -402,74 +402,12 @@ def openclip_config(
 # --- reading tensors into modules -------------------------------------------------------------
 
 
-@contextmanager
-def _no_init() -> Iterator[None]:
-    from accelerate import init_empty_weights
-
-    with init_empty_weights():
-        yield
-
-
-def _from_stored(tensor: torch.Tensor, transform: str) -> torch.Tensor:
-    if transform == "conv1x1":
-        return tensor.reshape(tensor.shape[0], tensor.shape[1])
-    if transform == "transpose":
-        return tensor.t().contiguous()
-    return tensor
-
-
-def _fill(
-    module: torch.nn.Module,
-    f: SafetensorsFile,
-    mapping: Callable[[str], tuple[str, str]],
-    dtype: torch.dtype,
-    source: str,
-    rename: Callable[[str], str] | None = None,
-) -> set[str]:
-    """Read every weight ``module`` needs from ``f`` and assign it; return the keys used."""
-    wanted = list(module.state_dict().keys())
-    state: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
-    missing: list[str] = []
-    fused: dict[str, torch.Tensor] = {}
-    for key in wanted:
-        original, transform = mapping(key)
-        stored_key = rename(original) if rename else original
-        if stored_key not in f.tensors:
-            missing.append(stored_key)
-            continue
-        used.add(stored_key)
-        if transform in ("q", "k", "v"):
-            whole = fused.get(stored_key)
-            if whole is None:
-                whole = fused[stored_key] = f.read(stored_key, dtype)
-            third = whole.shape[0] // 3
-            index = "qkv".index(transform)
-            tensor = whole[index * third : (index + 1) * third]
-        else:
-            tensor = _from_stored(f.read(stored_key, dtype), transform)
-        state[key] = tensor
-    if missing:
-        shown = ", ".join(missing[:5]) + (
-            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        )
-        raise UnsupportedModelError(
-            f"{source!r} lacks {len(missing)} weights of its {type(module).__name__}: {shown}. "
-            "The file is incomplete or of a layout inferkit does not know",
-            source=source,
-        )
-    expected = module.state_dict()
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise UnsupportedModelError(
-                f"{source!r}: weight for {key} has shape {tuple(tensor.shape)}, the derived "
-                f"architecture needs {tuple(expected[key].shape)}",
-                source=source,
-            )
-    module.load_state_dict(state, strict=True, assign=True)
-    module.eval()
-    module.requires_grad_(False)
-    return used
+def _prefetch(f: WeightFiles, options: LoadOptions, ema: bool) -> Mapping[str, torch.Tensor] | None:
+    """Copy the weights a GPU load will use to the GPU in one pass (None on other devices)."""
+    skip = [L.UNET_PREFIX] if ema else ["model_ema."]
+    if options.vae is not None:
+        skip.append(L.VAE_PREFIX)
+    return prefetch(f, options.device, tuple(skip))
 
 
 def _tokenizer(
@@ -555,7 +493,7 @@ class SingleFileLoader:
         ema = extra.get("ema", False)
         if not isinstance(ema, bool):
             raise InvalidParameterError("ema", ema, "must be True or False")
-        with SafetensorsFile(path) as f:
+        with WeightFiles([path]) as f:
             det = _typed(
                 source, lambda: detect(f.tensors, f.metadata, source, extra.get("prediction"))
             )
@@ -627,7 +565,7 @@ class SingleFileLoader:
         return found
 
     def _networks(
-        self, f: SafetensorsFile, det: CheckpointInfo, options: LoadOptions, source: str, ema: bool
+        self, f: WeightFiles, det: CheckpointInfo, options: LoadOptions, source: str, ema: bool
     ) -> tuple[dict[str, Any], set[str]]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -637,18 +575,22 @@ class SingleFileLoader:
         dtype = options.dtype
         modules: dict[str, Any] = {}
         used: set[str] = set()
+        pre = _prefetch(f, options, ema)
+        device = options.device
         ucfg = unet_config(entries, family, det.resolution)
-        with _no_init():
+        with no_init():
             unet = UNet2DConditionModel(**ucfg)
         up_attention = [t.startswith("CrossAttn") for t in ucfg["up_block_types"]]
         lpb = ucfg["layers_per_block"]
-        used |= _fill(
+        used |= fill(
             unet,
             f,
             lambda k: (L.unet_key(k, lpb, up_attention), "same"),
             dtype,
             source,
             rename=L.ema_key if ema else None,
+            device=device,
+            prefetched=pre,
         )
         modules["unet"] = unet
         if options.vae is None:
@@ -659,10 +601,18 @@ class SingleFileLoader:
                     source=source,
                 )
             vcfg = vae_config(entries, family, det.resolution)
-            with _no_init():
+            with no_init():
                 vae = AutoencoderKL(**vcfg)
             levels = len(vcfg["block_out_channels"])
-            used |= _fill(vae, f, lambda k: L.vae_key(k, levels), dtype, source)
+            used |= fill(
+                vae,
+                f,
+                lambda k: L.vae_key(k, levels),
+                dtype,
+                source,
+                device=device,
+                prefetched=pre,
+            )
             modules["vae"] = vae
         encoders: list[tuple[str, dict[str, Any], Any, Callable[[str], tuple[str, str]]]] = []
         if family == "sd1":
@@ -710,8 +660,8 @@ class SingleFileLoader:
                 )
             )
         for name, cfg, cls, mapping in encoders:
-            with _no_init():
+            with no_init():
                 model = cls(CLIPTextConfig(**cfg))
-            used |= _fill(model, f, mapping, dtype, source)
+            used |= fill(model, f, mapping, dtype, source, device=device, prefetched=pre)
             modules[name] = model
         return modules, used

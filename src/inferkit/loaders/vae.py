@@ -27,7 +27,8 @@ def load_vae(
     """
     from diffusers import AutoencoderKL
 
-    from inferkit.loaders.single_file import _fill, _no_init, vae_config
+    from inferkit.loaders.single_file import vae_config
+    from inferkit.loaders.weights import fill, no_init
 
     path = Path(source).expanduser()
     keep = {k: settings.get(k) for k in ("scaling_factor", "force_upcast", "sample_size")}
@@ -68,12 +69,12 @@ def load_vae(
             )
         config = vae_config(f.tensors, "sd1", int(keep["sample_size"] or 512), prefix=prefix)
         config |= {k: v for k, v in keep.items() if v is not None}
-        with _no_init():
+        with no_init():
             vae = AutoencoderKL(**config)
         levels = len(config["block_out_channels"])
 
         def strip(key: str) -> str:
             return prefix + key.removeprefix(L.VAE_PREFIX)
 
-        _fill(vae, f, lambda k: L.vae_key(k, levels), dtype, str(path), rename=strip)
+        fill(vae, f, lambda k: L.vae_key(k, levels), dtype, str(path), rename=strip)
     return vae, (path,), f"VAE replaced from file {path.name}"

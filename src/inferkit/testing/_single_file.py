@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from inferkit.loaders import ldm_layout as L
+from inferkit.safetensors_io import write_file
 from inferkit.schedulers import SD_NOISE_SCHEDULE
 
 __all__ = ["write_single_file"]
@@ -69,8 +70,6 @@ def write_single_file(
         'single-file'
 
     """
-    from safetensors.torch import save_file
-
     from inferkit.loaders.base import LoadOptions
     from inferkit.loaders.folder import load_folder
 
@@ -139,7 +138,7 @@ def write_single_file(
     }
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(target), metadata=metadata)
+    write_file(target, out, metadata)
     return target
 
 

@@ -1,0 +1,313 @@
+"""Filling modules from safetensors files: one file, or a sharded set with an index.
+
+Every loader builds its networks on the ``meta`` device (no random initialisation, no memory)
+and then fills each parameter from the file, in the target dtype and on the target device.
+A weight the module needs and the file lacks, a tensor of the wrong shape, and (for diffusers
+folders) a tensor the module does not know are errors that name the first few offenders, so a
+model never runs with some weights left random.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import torch
+
+from inferkit.errors import UnsupportedModelError
+from inferkit.safetensors_io import SafetensorsFile, TensorEntry
+
+__all__ = ["WeightFiles", "fill", "no_init", "open_weights", "prefetch"]
+
+
+@contextmanager
+def no_init() -> Iterator[None]:
+    """Create modules with parameters on ``meta``: no memory, no random initialisation."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        yield
+
+
+class WeightFiles:
+    """One or several safetensors files read as one set of named tensors.
+
+    Example:
+        >>> import tempfile, os, torch
+        >>> from safetensors.torch import save_file
+        >>> d = tempfile.mkdtemp()
+        >>> save_file({"w": torch.ones(2)}, os.path.join(d, "m.safetensors"))
+        >>> with WeightFiles([os.path.join(d, "m.safetensors")]) as w:
+        ...     sorted(w.tensors)
+        ['w']
+
+    """
+
+    def __init__(self, paths: Iterable[str | Path]) -> None:
+        """Open every file and check that no tensor name appears in two of them."""
+        self.files: list[SafetensorsFile] = []
+        self.tensors: dict[str, TensorEntry] = {}
+        self._owner: dict[str, SafetensorsFile] = {}
+        try:
+            for path in paths:
+                f = SafetensorsFile(path)
+                self.files.append(f)
+                for name, entry in f.tensors.items():
+                    if name in self._owner:
+                        raise UnsupportedModelError(
+                            f"tensor {name!r} is stored twice, in {self._owner[name].path.name} "
+                            f"and {f.path.name}; the shards disagree about which copy is right. "
+                            "Re-download or re-export the model",
+                            source=str(f.path),
+                        )
+                    self._owner[name] = f
+                    self.tensors[name] = entry
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The files' ``__metadata__`` strings (the first file's value wins on a clash)."""
+        merged: dict[str, str] = {}
+        for f in reversed(self.files):
+            merged |= f.metadata
+        return merged
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The files, in the order given."""
+        return tuple(f.path for f in self.files)
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Read one tensor on the CPU (see :meth:`SafetensorsFile.read`)."""
+        return self._owner[name].read(name, dtype)
+
+    def read_to_device(
+        self, names: Iterable[str], device: str | torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Copy many tensors to ``device`` (see :meth:`SafetensorsFile.read_to_device`)."""
+        by_file: dict[int, list[str]] = {}
+        for name in names:
+            by_file.setdefault(id(self._owner[name]), []).append(name)
+        out: dict[str, torch.Tensor] = {}
+        for f in self.files:
+            if id(f) in by_file:
+                out |= f.read_to_device(by_file[id(f)], device)
+        return out
+
+    def close(self) -> None:
+        """Close every file; tensors already read stay valid."""
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> WeightFiles:
+        """Return self."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the files."""
+        self.close()
+
+
+_SHARD_NAME = re.compile(r"^[\w.\-]+\.safetensors$")
+
+
+def _shard_path(folder: Path, name: object, index: Path) -> Path:
+    """Check a shard name from an index: a plain file name inside ``folder``, which exists."""
+    text = str(name)
+    unsafe = (
+        not isinstance(name, str)
+        or not text
+        or PurePosixPath(text).is_absolute()
+        or PureWindowsPath(text).is_absolute()
+        or text.startswith(("\\\\", "//"))
+        or ".." in PurePosixPath(text.replace("\\", "/")).parts
+        or "/" in text
+        or "\\" in text
+        or ":" in text
+    )
+    if unsafe or not _SHARD_NAME.match(text):
+        raise UnsupportedModelError(
+            f"{index} names shard {name!r}, which is not a plain .safetensors file name in "
+            f"{folder}; inferkit reads shards only from the index's own folder",
+            source=str(index),
+        )
+    path = folder / text
+    if not path.is_file():
+        raise UnsupportedModelError(
+            f"{index} names shard {text!r}, which is missing from {folder}; the download is "
+            "incomplete: fetch the missing shard or the whole model again",
+            source=str(index),
+        )
+    return path
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise UnsupportedModelError(
+                    f"{index} lists {key!r} twice; the index is damaged, re-download it",
+                    source=str(index),
+                )
+            seen[key] = value
+        return seen
+
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnsupportedModelError(
+            f"{index} could not be read as JSON ({e}); re-download the model", source=str(index)
+        ) from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UnsupportedModelError(
+            f"{index} has no 'weight_map' object naming each tensor's shard", source=str(index)
+        )
+    return weight_map
+
+
+def open_weights(folder: Path, stem: str, source: str) -> WeightFiles:
+    """Open ``folder/stem.safetensors``, or the shards its ``.safetensors.index.json`` names.
+
+    Shard names must be plain file names in ``folder`` (no ``..``, absolute, drive or UNC
+    paths), every named shard must exist, every tensor of a shard must be where the index says,
+    and no tensor may be in two shards.
+    """
+    single = folder / f"{stem}.safetensors"
+    index = folder / f"{stem}.safetensors.index.json"
+    if single.is_file():
+        return WeightFiles([single])
+    if not index.is_file():
+        others = sorted(p.name for p in folder.glob("*") if p.is_file())
+        pickles = [n for n in others if n.endswith((".bin", ".ckpt", ".pt", ".pth"))]
+        hint = (
+            f"; it has only pickle weights ({', '.join(pickles)}), which inferkit does not load "
+            "(convert them to safetensors)"
+            if pickles
+            else f"; it holds: {', '.join(others) or 'nothing'}"
+        )
+        raise UnsupportedModelError(
+            f"{source!r}: {folder} has no {single.name} or {index.name}{hint}", source=source
+        )
+    weight_map = _read_index(index)
+    shards: dict[str, Path] = {}
+    for shard in weight_map.values():
+        if shard not in shards:
+            shards[shard] = _shard_path(folder, shard, index)
+    files = WeightFiles(shards.values())
+    try:
+        for name, shard in weight_map.items():
+            owner = files._owner.get(name)
+            if owner is None or owner.path.name != shard:
+                where = "no shard" if owner is None else owner.path.name
+                raise UnsupportedModelError(
+                    f"{index} puts {name!r} in {shard}, but it is in {where}; the index and "
+                    "the shards do not match: re-download the model",
+                    source=str(index),
+                )
+    except BaseException:
+        files.close()
+        raise
+    return files
+
+
+def prefetch(
+    files: WeightFiles, device: str, skip: tuple[str, ...] = ()
+) -> Mapping[str, torch.Tensor] | None:
+    """Copy every tensor not under a ``skip`` prefix to a CUDA ``device`` (None elsewhere)."""
+    if torch.device(device).type != "cuda":
+        return None
+    names = [name for name in files.tensors if not name.startswith(skip)]
+    return files.read_to_device(names, device)
+
+
+def _from_stored(tensor: torch.Tensor, transform: str) -> torch.Tensor:
+    if transform == "conv1x1":
+        return tensor.reshape(tensor.shape[0], tensor.shape[1])
+    if transform == "transpose":
+        return tensor.t().contiguous()
+    return tensor
+
+
+def _shown(names: list[str]) -> str:
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    return ", ".join(names[:5]) + more
+
+
+def fill(
+    module: torch.nn.Module,
+    f: WeightFiles | SafetensorsFile,
+    mapping: Callable[[str], tuple[str, str]],
+    dtype: torch.dtype,
+    source: str,
+    rename: Callable[[str], str] | None = None,
+    device: str = "cpu",
+    prefetched: Mapping[str, torch.Tensor] | None = None,
+) -> set[str]:
+    """Read every weight ``module`` needs from ``f`` onto ``device``; return the keys used.
+
+    ``mapping`` turns a module key into the stored key and a transform (``"same"``,
+    ``"conv1x1"``, ``"transpose"``, or ``"q"``/``"k"``/``"v"`` for a third of a fused
+    projection). ``prefetched`` holds tensors already copied to ``device`` in their stored dtype.
+
+    Raises:
+        UnsupportedModelError: a weight is missing or has the wrong shape.
+
+    """
+
+    def read(key: str) -> torch.Tensor:
+        if prefetched is not None and key in prefetched:
+            tensor = prefetched[key]
+            return tensor.to(dtype) if tensor.is_floating_point() else tensor
+        return f.read(key, dtype).to(device)
+
+    expected = module.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    missing: list[str] = []
+    fused: dict[str, torch.Tensor] = {}
+    for key in expected:
+        original, transform = mapping(key)
+        stored_key = rename(original) if rename else original
+        if stored_key not in f.tensors:
+            missing.append(stored_key)
+            continue
+        used.add(stored_key)
+        if transform in ("q", "k", "v"):
+            whole = fused.get(stored_key)
+            if whole is None:
+                whole = fused[stored_key] = read(stored_key)
+            third = whole.shape[0] // 3
+            index = "qkv".index(transform)
+            tensor = whole[index * third : (index + 1) * third]
+        else:
+            tensor = _from_stored(read(stored_key), transform)
+        state[key] = tensor
+    if missing:
+        raise UnsupportedModelError(
+            f"{source!r} lacks {len(missing)} weights of its {type(module).__name__}: "
+            f"{_shown(missing)}. The file is incomplete or of a layout inferkit does not know",
+            source=source,
+        )
+    wrong = [
+        f"{key} {tuple(tensor.shape)} (needs {tuple(expected[key].shape)})"
+        for key, tensor in state.items()
+        if tensor.shape != expected[key].shape
+    ]
+    if wrong:
+        raise UnsupportedModelError(
+            f"{source!r}: {len(wrong)} weights of its {type(module).__name__} have the wrong "
+            f"shape: {_shown(wrong)}. The file is for a different architecture",
+            source=source,
+        )
+    module.load_state_dict(state, strict=True, assign=True)
+    module.eval()
+    module.requires_grad_(False)
+    return used
