@@ -1,18 +1,12 @@
 """inferkit vs a plain diffusers pipeline on the same model, sampler and noise (CPU).
 
-    python benchmarks/cpu_overhead.py [--arch sd1] [--steps 20] [--rounds 7]
-
-Alternates the two in one process and prints median seconds per image and their ratio, plus
-load times. Writes benchmarks/results/cpu-<date>.json. The model is a tiny one from
-inferkit.testing, which makes fixed per-call costs look as large as they can.
+Run through ``python benchmarks/run.py cpu``. Alternates the two in one process and returns
+median seconds per image and their ratio, plus load times. The model is a tiny one from
+inferkit.testing, which makes inferkit's fixed per-call costs look as large as they can.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
-import platform
 import statistics
 import tempfile
 import time
@@ -33,46 +27,40 @@ def plain_diffusers(path: Path, arch: str):  # type: ignore[no-untyped-def]
     return pipe
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", default="sd1", choices=inferkit.testing.ARCHITECTURES)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
-
-    path = inferkit.testing.write_tiny_model(Path(tempfile.mkdtemp()) / args.arch, args.arch)
+def measure(arch: str = "sd1", steps: int = 20, rounds: int = 7) -> dict[str, float | str]:
+    """Median seconds per image and per load, inferkit vs diffusers, alternating in-process."""
+    path = inferkit.testing.write_tiny_model(Path(tempfile.mkdtemp()) / arch, arch)
     load_ik, load_df = [], []
     for _ in range(3):
         t = time.perf_counter()
         model = inferkit.Model.load(path)
         load_ik.append(time.perf_counter() - t)
         t = time.perf_counter()
-        pipe = plain_diffusers(path, args.arch)
+        pipe = plain_diffusers(path, arch)
         load_df.append(time.perf_counter() - t)
 
     choice = inferkit.resolve_scheduler("euler")
     pipe.scheduler = choice.sampler.scheduler_type().from_config(pipe.scheduler.config)
     prompt = "a red circle on a white background"
     ik, df = [], []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         t = time.perf_counter()
-        model.infer(prompt, steps=args.steps, seed=1, scheduler="euler", progress=False)
+        model.infer(prompt, steps=steps, seed=1, scheduler="euler", progress=False)
         ik.append(time.perf_counter() - t)
         gen = torch.Generator().manual_seed(1)
         latents = torch.randn((1, 4, 8, 8), generator=gen)
         t = time.perf_counter()
         pipe(
             prompt,
-            num_inference_steps=args.steps,
+            num_inference_steps=steps,
             guidance_scale=7.0,
             latents=latents,
             generator=gen,
         )
         df.append(time.perf_counter() - t)
-
-    row = {
-        "arch": args.arch,
-        "steps": args.steps,
+    return {
+        "arch": arch,
+        "steps": steps,
         "image_s_inferkit": statistics.median(ik),
         "image_s_diffusers": statistics.median(df),
         "image_ratio": statistics.median(ik) / statistics.median(df),
@@ -80,21 +68,3 @@ def main() -> None:
         "load_s_diffusers": statistics.median(load_df),
         "load_ratio": statistics.median(load_ik) / statistics.median(load_df),
     }
-    for key, value in row.items():
-        print(f"{key:<20}{value:.4f}" if isinstance(value, float) else f"{key:<20}{value}")
-    out = Path(__file__).parent / "results" / f"cpu-{dt.date.today().isoformat()}.json"
-    record = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-        "inferkit": inferkit.__version__,
-        "results": [row],
-    }
-    if out.exists():
-        previous = json.loads(out.read_text())
-        record["results"] = [r for r in previous["results"] if r["arch"] != args.arch] + [row]
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()

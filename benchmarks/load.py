@@ -1,19 +1,16 @@
-"""Load time and peak memory: inferkit's single-file loader vs diffusers' from_pretrained.
+"""Load time and peak memory: inferkit's loaders vs diffusers' from_pretrained.
 
-    python benchmarks/load.py [--arch sd15] [--dtype float16] [--repeat 3]
+Run through ``python benchmarks/run.py cpu``.
 
 Builds a full-size SD 1.5 architecture (published config, random weights: loading speed and
 memory do not depend on the values) in float16, saves it both as a diffusers folder and as an
 original-layout single file, then loads each in a fresh subprocess, alternating, and prints
 median seconds to load, seconds until every weight has been read ("ready": mapped files are
 paged in lazily), and the peak resident memory each load added over the process's baseline.
-Results are appended to benchmarks/results/cpu-<date>.json under "load".
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import json
 import os
 import statistics
@@ -127,12 +124,9 @@ def run(which: str, path: Path, extra: dict[str, str]) -> dict[str, float]:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "inferkit-bench"))
-    args = parser.parse_args()
-    root = Path(args.workdir)
+def measure(repeat: int = 3, workdir: str | None = None) -> dict[str, float | str]:
+    """Median load and ready seconds and peak added memory, each loader in fresh processes."""
+    root = Path(workdir or os.path.join(tempfile.gettempdir(), "inferkit-bench"))
     root.mkdir(parents=True, exist_ok=True)
     folder, single = build(root)
     extra = {"tokenizer": str(folder / "tokenizer")}
@@ -141,32 +135,25 @@ def main() -> None:
         "inferkit-folder": [],
         "diffusers-folder": [],
     }
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         runs["inferkit-file"].append(run("inferkit-file", single, extra))
         runs["inferkit-folder"].append(run("inferkit-folder", folder, {}))
         runs["diffusers-folder"].append(run("diffusers-folder", folder, {}))
     size = single.stat().st_size
-    row: dict[str, float | str] = {"checkpoint_bytes": size}
+    row: dict[str, float | str] = {
+        "model": "SD 1.5 architecture, random weights, float16",
+        "checkpoint_bytes": size,
+    }
     for name, results in runs.items():
         row[f"{name}_s"] = statistics.median(r["seconds"] for r in results)
         row[f"{name}_ready_s"] = statistics.median(r["ready_seconds"] for r in results)
         row[f"{name}_peak_added_bytes"] = statistics.median(r["added_peak_bytes"] for r in results)
-    row["file_vs_diffusers_time"] = float(row["inferkit-file_s"]) / float(row["diffusers-folder_s"])
-    row["folder_vs_diffusers_time"] = float(row["inferkit-folder_s"]) / float(
-        row["diffusers-folder_s"]
-    )
-    row["file_vs_diffusers_ready"] = float(row["inferkit-file_ready_s"]) / float(
-        row["diffusers-folder_ready_s"]
-    )
+    base = float(row["diffusers-folder_s"])
+    row["file_vs_diffusers_time"] = float(row["inferkit-file_s"]) / base
+    row["folder_vs_diffusers_time"] = float(row["inferkit-folder_s"]) / base
+    ready = float(row["diffusers-folder_ready_s"])
+    row["file_vs_diffusers_ready"] = float(row["inferkit-file_ready_s"]) / ready
+    row["folder_vs_diffusers_ready"] = float(row["inferkit-folder_ready_s"]) / ready
     row["file_peak_vs_checkpoint"] = float(row["inferkit-file_peak_added_bytes"]) / size
-    for key, value in row.items():
-        print(f"{key:<36}{value:.3f}" if isinstance(value, float) else f"{key:<36}{value}")
-    out = Path(__file__).parent / "results" / f"cpu-{dt.date.today().isoformat()}.json"
-    record = json.loads(out.read_text()) if out.exists() else {"results": []}
-    record["load"] = {"model": "SD 1.5 architecture, random weights, float16", **row}
-    out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {out}")
-
-
-if __name__ == "__main__":
-    main()
+    row["folder_peak_vs_checkpoint"] = float(row["inferkit-folder_peak_added_bytes"]) / size
+    return row

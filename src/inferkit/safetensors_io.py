@@ -244,12 +244,17 @@ class SafetensorsFile:
         position: dict[str, int] = {}
         total = 0
         for entry in entries:
+            if entry.end == entry.start:
+                continue
             if runs and runs[-1][1] == entry.start:
                 runs[-1][1] = entry.end
-            elif entry.end > entry.start:
+            else:
+                # Keep each run's offset modulo 16 as in the file, so that tensors the file
+                # aligns stay aligned in the buffer.
+                total += (entry.start - total) % 16
                 runs.append([entry.start, entry.end, total])
-            position[entry.name] = total if not runs else runs[-1][2] + entry.start - runs[-1][0]
-            total += entry.end - entry.start
+            position[entry.name] = runs[-1][2] + entry.start - runs[-1][0]
+            total = runs[-1][2] + runs[-1][1] - runs[-1][0]
         buffer = torch.empty(total, dtype=torch.uint8, device=target)
         chunks = [
             (start + at, min(chunk_bytes, end - start - at), where + at)
@@ -259,6 +264,9 @@ class SafetensorsFile:
         self._copy_chunks(chunks, buffer, chunk_bytes, max(1, min(threads, len(chunks))))
         out: dict[str, torch.Tensor] = {}
         for entry in entries:
+            if entry.name not in position:  # holds no bytes
+                out[entry.name] = torch.empty(entry.shape, dtype=entry.torch_dtype, device=target)
+                continue
             at, size = position[entry.name], entry.end - entry.start
             raw = buffer[at : at + size]
             if at % max(1, _SIZES[entry.dtype]):

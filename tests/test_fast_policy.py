@@ -1,0 +1,129 @@
+"""FastPolicy: the speed-ups keep the default path's results, and it records what it did.
+
+CUDA graphs and GPU timings are checked by benchmarks/gpu_suite.py on a GPU; these tests run the
+parts that apply on a CPU (fused QKV, channels-last, torch.compile, the persistent cache).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import inferkit
+from inferkit._cuda_graphs import GraphedCall
+from inferkit.zoo.shapes.checker import judge
+
+
+def _unet_step(model: inferkit.Model) -> torch.Tensor:
+    unet = model.pipeline.unet
+    g = torch.Generator().manual_seed(0)
+    size = int(unet.config.sample_size)
+    sample = torch.randn((2, 4, size, size), generator=g)
+    context = torch.randn((2, 77, int(unet.config.cross_attention_dim)), generator=g)
+    with torch.inference_mode():
+        out: torch.Tensor = unet(sample, torch.tensor(500.0), context, return_dict=False)[0]
+    return out
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_fast_policy_records_each_speed_up_in_the_decisions(sd1_path: Path) -> None:
+    """The plan says which speed-ups apply, and that CUDA graphs do not apply on a CPU."""
+    policy = inferkit.FastPolicy(device="cpu", compile="none")
+    model = inferkit.Model.load(sd1_path, policy=policy)
+    decision = model.info.decisions[-2]
+    assert decision.startswith("fast: fused QKV, channels-last; no torch.compile")
+    assert "no CUDA graphs on cpu" in decision
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("compile", "fastest"),
+        ("cuda_graphs", "yes"),
+        ("channels_last", 1),
+        ("fuse_qkv", None),
+        ("tune_kernels", "true"),
+        ("cache_dir", 3),
+        ("max_batch", 0),
+        ("device", 7),
+    ],
+)
+def test_fast_policy_rejects_bad_settings_by_name(field: str, value: object) -> None:
+    """A bad setting is an InvalidParameterError that names the field."""
+    with pytest.raises(inferkit.InvalidParameterError) as caught:
+        inferkit.FastPolicy(**{field: value})  # type: ignore[arg-type]
+    assert caught.value.name == field
+
+
+def test_device_and_dtype_arguments_reach_a_fast_policy(sd1_path: Path) -> None:
+    """Model.load(device=, dtype=) applies to a FastPolicy as it does to the default policy."""
+    model = inferkit.Model.load(
+        sd1_path, device="cpu", dtype="bfloat16", policy=inferkit.FastPolicy(compile="none")
+    )
+    assert (model.plan.device, model.plan.dtype_name) == ("cpu", "bfloat16")
+
+
+def test_fused_channels_last_unet_step_matches_the_default_in_fp32(sd1_path: Path) -> None:
+    """One UNet step with fused QKV and channels-last equals the default within fp32 rounding
+    (relative L2 error under 1e-5)."""
+    default = inferkit.Model.load(sd1_path, device="cpu")
+    fast = inferkit.Model.load(sd1_path, policy=inferkit.FastPolicy(device="cpu", compile="none"))
+    assert _rel_err(_unet_step(fast), _unet_step(default)) < 1e-5
+
+
+def test_shapes_model_draws_the_same_images_on_the_fast_path() -> None:
+    """The embedded trained model gives the same judged shapes on both paths, with pixels
+    within one level of 255 on average."""
+    default = inferkit.Model.load("inferkit:shapes", device="cpu")
+    fast = inferkit.Model.load(
+        "inferkit:shapes", policy=inferkit.FastPolicy(device="cpu", compile="none")
+    )
+    for prompt, color, shape in [
+        ("a red circle on a white background", "red", "circle"),
+        ("a blue square on a black background", "blue", "square"),
+    ]:
+        images = [
+            m.infer(prompt, steps=12, seed=5, progress=False).images[0].image
+            for m in (default, fast)
+        ]
+        for image in images:
+            seen = judge(image)
+            assert (seen.color, seen.shape) == (color, shape)
+        a, b = (np.asarray(i, dtype=np.float64) for i in images)
+        assert np.abs(a - b).mean() < 1.0
+
+
+@pytest.mark.slow
+def test_compiled_unet_matches_the_default_and_fills_the_cache(
+    sd1_path: Path, tmp_path: Path
+) -> None:
+    """compile="full" gives the default's UNet step within fp32 rounding and leaves compiled
+    artefacts in the cache folder for the next process."""
+    cache = tmp_path / "cache"
+    default = inferkit.Model.load(sd1_path, device="cpu")
+    fast = inferkit.Model.load(
+        sd1_path, policy=inferkit.FastPolicy(device="cpu", compile="full", cache_dir=cache)
+    )
+    assert _rel_err(_unet_step(fast), _unet_step(default)) < 1e-5
+    assert any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_graphed_call_runs_cpu_work_directly() -> None:
+    """Without CUDA tensors nothing is recorded; the function's own result comes back."""
+    call = GraphedCall(lambda x, scale=2: x * scale)
+    out = call(torch.ones(3), scale=3)
+    assert out.tolist() == [3.0, 3.0, 3.0]
+    assert call.recorded == 0
+
+
+def test_graphed_call_refuses_arguments_it_cannot_key() -> None:
+    """An argument that cannot be part of a graph's signature is a TypeError, not a wrong graph."""
+    call = GraphedCall(lambda x, obj: x)
+    with pytest.raises(TypeError, match="cannot record a CUDA graph over an argument of type"):
+        call(torch.ones(1), object())
