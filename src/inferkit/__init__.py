@@ -15,12 +15,15 @@ from importlib import metadata as _metadata
 
 from inferkit import testing
 from inferkit.errors import (
+    DeviceOutOfMemoryError,
     DeviceUnavailableError,
     InferenceCancelled,
     InferkitError,
+    IntegrityError,
     InvalidParameterError,
     ModelClosedError,
     ModelNotFoundError,
+    NumericalError,
     OfflineError,
     UnknownSchedulerError,
     UnsupportedModelError,
@@ -56,6 +59,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 __all__ = [
     "CheckpointInfo",
     "Components",
+    "DeviceOutOfMemoryError",
     "DeviceUnavailableError",
     "DevicePolicy",
     "ExecutionPlan",
@@ -66,6 +70,7 @@ __all__ = [
     "InferenceCancelled",
     "InferenceResult",
     "InferkitError",
+    "IntegrityError",
     "InvalidParameterError",
     "LoadOptions",
     "Loader",
@@ -73,6 +78,7 @@ __all__ = [
     "ModelClosedError",
     "ModelInfo",
     "ModelNotFoundError",
+    "NumericalError",
     "OfflineError",
     "Policy",
     "ResolvedParams",

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["GraphedCall"]
+__all__ = ["GraphedCall", "forget_graphs"]
 
 _MAX_GRAPHS = 8
 
@@ -159,3 +159,21 @@ class GraphedCall:
         with torch.cuda.graph(graph, pool=self._pool):
             output = self.fn(*s_args, **s_kwargs)
         return _Recorded(graph, static, output)
+
+
+def forget_graphs(module: Any) -> None:
+    """Drop the graphs recorded for ``module``'s methods (after its weights moved or changed dtype).
+
+    Example:
+        >>> import torch
+        >>> m = torch.nn.Linear(2, 2)
+        >>> m.forward = GraphedCall(m.forward)
+        >>> forget_graphs(m)
+        >>> m.forward.recorded
+        0
+
+    """
+    for value in vars(module).values():
+        if isinstance(value, GraphedCall):
+            with value._lock:
+                value._graphs.clear()

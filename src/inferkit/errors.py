@@ -7,9 +7,12 @@ exception a caller would naturally catch, so ``except FileNotFoundError`` keeps 
     ├── ModelNotFoundError      (+ FileNotFoundError)  no such file, folder or cached repo
     │   └── OfflineError        (+ ConnectionError)    needs a download, but we are offline
     ├── UnsupportedModelError   (+ ValueError)         exists, but is not a model we run
+    │   └── IntegrityError                             a cached file's bytes fail its hash
     ├── InvalidParameterError   (+ ValueError)         an argument is out of range
     │   └── UnknownSchedulerError (+ KeyError)         no sampler has this name
     ├── DeviceUnavailableError  (+ RuntimeError)       device or dtype unusable here
+    ├── DeviceOutOfMemoryError  (+ MemoryError)        out of memory after every fallback
+    ├── NumericalError          (+ ArithmeticError)    the latents became NaN or infinite
     ├── ModelClosedError        (+ RuntimeError)       ``infer`` after ``Model.close()``
     └── InferenceCancelled      (+ RuntimeError)       a step callback asked to stop
 
@@ -31,12 +34,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "DeviceOutOfMemoryError",
     "DeviceUnavailableError",
     "InferenceCancelled",
     "InferkitError",
+    "IntegrityError",
     "InvalidParameterError",
     "ModelClosedError",
     "ModelNotFoundError",
+    "NumericalError",
     "OfflineError",
     "UnknownSchedulerError",
     "UnsupportedModelError",
@@ -109,6 +115,25 @@ class UnsupportedModelError(InferkitError, ValueError):
         self.source = source
 
 
+class IntegrityError(UnsupportedModelError):
+    """A cached file's content does not match the hash its cache entry is named by.
+
+    Attributes:
+        source: the model's path or repo id.
+        path: the damaged file.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.IntegrityError, inferkit.UnsupportedModelError)
+        True
+
+    """
+
+    def __init__(self, message: str, *, source: str, path: str) -> None:
+        super().__init__(message, source=source)
+        self.path = path
+
+
 class InvalidParameterError(InferkitError, ValueError):
     """A generation or load argument has a value that is not allowed.
 
@@ -172,6 +197,53 @@ class DeviceUnavailableError(InferkitError, RuntimeError):
         True
 
     """
+
+
+class DeviceOutOfMemoryError(InferkitError, MemoryError):
+    """The device ran out of memory, and the policy had no fallback left to try.
+
+    Attributes:
+        tried: the memory strategies tried before giving up.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.DeviceOutOfMemoryError, MemoryError)
+        True
+
+    """
+
+    def __init__(self, message: str, *, tried: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.tried = tried
+
+
+class NumericalError(InferkitError, ArithmeticError):
+    """The denoising produced NaN or infinite latents, so no image would be meaningful.
+
+    Attributes:
+        step: the first step (1-based) after which the latents were not finite.
+        dtype: the dtype the model ran in.
+
+    Example:
+        >>> import inferkit
+        >>> str(inferkit.NumericalError(step=3, dtype="float16"))[:46]
+        'the latents became NaN or infinite at step 3 i'
+
+    """
+
+    def __init__(self, step: int, dtype: str) -> None:
+        hint = (
+            "load the model with dtype='bfloat16' (same range as float32) or 'float32'"
+            if dtype == "float16"
+            else "load the model with dtype='float32', or check the weights (strict loading, "
+            "a matching VAE)"
+        )
+        super().__init__(
+            f"the latents became NaN or infinite at step {step} in {dtype}; no image is "
+            f"returned. To fix it, {hint}"
+        )
+        self.step = step
+        self.dtype = dtype
 
 
 class ModelClosedError(InferkitError, RuntimeError):

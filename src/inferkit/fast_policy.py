@@ -33,7 +33,14 @@ import torch
 
 from inferkit._cuda_graphs import GraphedCall
 from inferkit.errors import InvalidParameterError
-from inferkit.policy import DevicePolicy, ExecutionPlan, _check_batch, _check_device, _check_dtype
+from inferkit.policy import (
+    DevicePolicy,
+    ExecutionPlan,
+    _check_batch,
+    _check_device,
+    _check_dtype,
+    next_memory_fallback,
+)
 
 __all__ = ["COMPILE_MODES", "FastPolicy", "compile_cache_dir"]
 
@@ -160,6 +167,10 @@ class FastPolicy:
     def finalize(self, plan: ExecutionPlan, vae_config: Mapping[str, Any]) -> ExecutionPlan:
         """Pick the VAE's dtype as :class:`DevicePolicy` does."""
         return self._base().finalize(plan, vae_config)
+
+    def on_out_of_memory(self, pipeline: Any, plan: ExecutionPlan) -> ExecutionPlan | None:
+        """Fall back to VAE tiling only: offloading would move weights under the CUDA graphs."""
+        return next_memory_fallback(pipeline, plan, allow_offload=False)
 
     def apply(self, pipeline: Any, plan: ExecutionPlan) -> None:
         """Place the pipeline, then fuse, convert, compile and graph its UNet and VAE."""

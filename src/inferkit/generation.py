@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import torch
 
-from inferkit.errors import InferenceCancelled
+from inferkit.errors import InferenceCancelled, NumericalError
 from inferkit.params import ResolvedParams
 from inferkit.policy import ExecutionPlan
 from inferkit.results import StepInfo, Timings
@@ -34,6 +34,7 @@ class RunOutput:
     images: tuple[Any, ...]
     timings: Timings
     denoising_steps: int
+    notes: tuple[str, ...] = ()
 
 
 def _sync(device: torch.device) -> None:
@@ -52,8 +53,19 @@ class _Progress:
         self.total = 0
         self.started = time.perf_counter()
         self.bar: Any = None
+        self.first_bad: torch.Tensor | None = None
+        self.counter: torch.Tensor | None = None
 
     def __call__(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        latents = kwargs.get("latents")
+        if isinstance(latents, torch.Tensor):
+            # Kept on the device (no synchronisation per step); read once after the loop.
+            if self.first_bad is None or self.counter is None:
+                self.first_bad = torch.zeros((), dtype=torch.long, device=latents.device)
+                self.counter = torch.zeros((), dtype=torch.long, device=latents.device)
+            self.counter.add_(1)
+            bad = ~torch.isfinite(latents).all()
+            self.first_bad = torch.where(bad & (self.first_bad == 0), self.counter, self.first_bad)
         if self.total == 0:
             self.total = len(pipe.scheduler.timesteps) * self.batches
             if self.show_bar:
@@ -111,22 +123,51 @@ def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
     return {k: v.repeat(n, *([1] * (v.ndim - 1))) for k, v in embeds.items()}
 
 
-def decode(pipe: Any, latents: torch.Tensor, vae_dtype: torch.dtype) -> list[Any]:
-    """Decode latents to PIL images with the VAE in ``vae_dtype``, one image at a time."""
-    vae = pipe.vae
-    config = vae.config
+def _unscale(z: torch.Tensor, config: Any) -> torch.Tensor:
     mean = getattr(config, "latents_mean", None)
     std = getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+        s = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+        return z * s / float(config.scaling_factor) + m
+    return z / float(config.scaling_factor)
+
+
+def _decode_fp32(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """Decode once with the VAE in float32, then put it back in its dtype."""
+    from inferkit._cuda_graphs import forget_graphs
+
+    dtype = vae.dtype
+    vae.to(torch.float32)
+    try:
+        pixels: torch.Tensor = vae.decode(_unscale(z.float(), vae.config), return_dict=False)[0]
+    finally:
+        vae.to(dtype)
+        forget_graphs(vae)  # recorded graphs point at the weights' old memory
+    return pixels
+
+
+def decode(
+    pipe: Any, latents: torch.Tensor, vae_dtype: torch.dtype, notes: list[str] | None = None
+) -> list[Any]:
+    """Decode latents to PIL images with the VAE in ``vae_dtype``, one image at a time.
+
+    Pixels that come out NaN or infinite (a half-precision VAE overflowing) are decoded again
+    with the VAE in float32, and a line is added to ``notes``.
+    """
+    vae = pipe.vae
     images: list[Any] = []
     for i in range(latents.shape[0]):
-        z = latents[i : i + 1].to(dtype=vae_dtype)
-        if mean is not None and std is not None:
-            m = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-            s = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-            z = z * s / config.scaling_factor + m
-        else:
-            z = z / config.scaling_factor
-        pixels = vae.decode(z, return_dict=False)[0]
+        z = latents[i : i + 1]
+        pixels = vae.decode(_unscale(z.to(dtype=vae_dtype), vae.config), return_dict=False)[0]
+        if vae_dtype != torch.float32 and not bool(torch.isfinite(pixels).all()):
+            pixels = _decode_fp32(vae, z)
+            if notes is not None:
+                notes.append(
+                    f"image {i}: the VAE overflowed in {str(vae_dtype).removeprefix('torch.')} "
+                    "(NaN or infinite pixels), so it was decoded again in float32; pass "
+                    "vae_dtype='float32' to the policy to avoid the second decode"
+                )
         images.extend(to_pil(pixels, bool(pipe.image_processor.config.do_normalize)))
     return images
 
@@ -168,6 +209,7 @@ def run(
     noise_device = "cpu" if params.noise == "cpu" else device
     shape = (latent_channels, params.height // vae_factor, params.width // vae_factor)
     progress = _Progress(len(batches), callback, show_progress)
+    notes: list[str] = []
     start = time.perf_counter()
     with torch.inference_mode():
         embeds = _encode(pipe, architecture, params, device)
@@ -197,9 +239,11 @@ def run(
                 steps_run = len(pipe.scheduler.timesteps)
         finally:
             progress.close()
+        if progress.first_bad is not None and int(progress.first_bad) > 0:
+            raise NumericalError(step=int(progress.first_bad), dtype=params.dtype)
         _sync(device)
         denoised = time.perf_counter()
-        images = decode(pipe, torch.cat(latents), plan.vae_dtype)
+        images = decode(pipe, torch.cat(latents), plan.vae_dtype, notes)
         _sync(device)
         decoded = time.perf_counter()
     timings = Timings(
@@ -208,4 +252,6 @@ def run(
         decoding=decoded - denoised,
         total=decoded - start,
     )
-    return RunOutput(images=tuple(images), timings=timings, denoising_steps=steps_run)
+    return RunOutput(
+        images=tuple(images), timings=timings, denoising_steps=steps_run, notes=tuple(notes)
+    )

@@ -15,6 +15,7 @@ import torch
 
 from inferkit._quiet import quiet_libraries
 from inferkit.errors import (
+    DeviceOutOfMemoryError,
     InvalidParameterError,
     ModelClosedError,
     ModelNotFoundError,
@@ -85,8 +86,10 @@ class Model:
         pipeline: Any,
         plan: ExecutionPlan,
         default_scheduler: SamplerChoice,
+        policy: Policy | None = None,
     ) -> None:
         """Wrap loaded parts; use :meth:`Model.load` rather than calling this directly."""
+        self._policy = policy
         self._components = components
         self._pipeline = pipeline
         self._plan = plan
@@ -117,6 +120,9 @@ class Model:
         policy: Policy | None = None,
         revision: str | None = None,
         local_files_only: bool | None = None,
+        allow_pickle: bool = False,
+        strict: bool = True,
+        verify: bool = False,
         **loader_options: Any,
     ) -> Model:
         """Load a model from a diffusers folder or a hub repo id (from the local cache).
@@ -129,6 +135,13 @@ class Model:
             policy: a :class:`Policy` object; default :class:`DevicePolicy`.
             revision: hub branch, tag or commit to load (repo ids only).
             local_files_only: ``True`` never downloads; ``None`` follows ``HF_HUB_OFFLINE``.
+            allow_pickle: accept ``.ckpt``/``.pt``/``.pth``/``.bin`` checkpoints, read only with
+                torch's restricted weights-only unpickler (never full unpickling).
+            strict: weights that do not fit the network (missing, unexpected, wrong shape)
+                are errors; ``False`` sets missing ones to zero, ignores unexpected ones, and
+                records each problem in ``model.load_warnings`` and every result's warnings.
+            verify: check every file of a hub-cache model against the sha256 (or git hash)
+                its cache entry is named by, before loading.
             **loader_options: passed to the loader (for loaders that take extra options).
 
         Raises:
@@ -152,8 +165,11 @@ class Model:
             )
         if revision is not None and (not isinstance(revision, str) or not revision.strip()):
             raise InvalidParameterError("revision", revision, "must be a branch, tag or commit")
-        if local_files_only not in (None, True, False):
+        if local_files_only is not None and not isinstance(local_files_only, bool):
             raise InvalidParameterError("local_files_only", local_files_only, "must be a bool")
+        for name, flag in (("allow_pickle", allow_pickle), ("strict", strict), ("verify", verify)):
+            if not isinstance(flag, bool):
+                raise InvalidParameterError(name, flag, "must be True or False")
         choice = resolve_scheduler(scheduler) if scheduler is not None else None
         vae = loader_options.pop("vae", None)
         if vae is not None and not isinstance(vae, (str, os.PathLike)):
@@ -169,9 +185,19 @@ class Model:
             device=plan.device
             if not {"model_offload", "sequential_offload"} & set(plan.memory)
             else "cpu",
+            allow_pickle=allow_pickle,
+            strict=strict,
+            verify=verify,
         )
         text = os.fspath(source)
         loader = select_loader(text, options)
+        if verify and not getattr(loader, "verifies", False):
+            raise InvalidParameterError(
+                "verify",
+                verify,
+                f"works for hub repo ids, whose cache names each file by its hash; the "
+                f"{loader.name!r} loader has nothing to check {text!r} against",
+            )
         accepted = frozenset(getattr(loader, "options", frozenset()))
         for name in loader_options:
             if name not in accepted:
@@ -192,7 +218,7 @@ class Model:
             pipeline = build_pipeline(components, build_scheduler(default, config))
             pipeline.set_progress_bar_config(disable=True)
             the_policy.apply(pipeline, plan)
-        return cls(components, pipeline, plan, default)
+        return cls(components, pipeline, plan, default, the_policy)
 
     @property
     def pipeline(self) -> Any:
@@ -361,21 +387,33 @@ class Model:
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with self._lock:
             self._check_open()
-            notes = self._warnings(resolved)
+            notes = list(self._warnings(resolved))
+            tried: list[str] = []
+            while True:
+                try:
+                    out = run(
+                        self._pipeline,
+                        architecture=self._components.architecture,
+                        plan=self._plan,
+                        params=resolved,
+                        choice=choice,
+                        scheduler_config=dict(self._components.scheduler_config),
+                        latent_channels=self._latent_channels,
+                        vae_factor=self._vae_factor,
+                        callback=callback,
+                        show_progress=show,
+                    )
+                    break
+                except torch.OutOfMemoryError as e:
+                    self._fall_back(e, tried)
+                    notes.append(
+                        f"the device ran out of memory; retried with {tried[-1]} (kept for "
+                        "later calls)"
+                    )
             info = self.info
-            out = run(
-                self._pipeline,
-                architecture=self._components.architecture,
-                plan=self._plan,
-                params=resolved,
-                choice=choice,
-                scheduler_config=dict(self._components.scheduler_config),
-                latent_channels=self._latent_channels,
-                vae_factor=self._vae_factor,
-                callback=callback,
-                show_progress=show,
-            )
-        resolved = attrs.evolve(resolved, denoising_steps=out.denoising_steps)
+        resolved = attrs.evolve(
+            resolved, denoising_steps=out.denoising_steps, memory=self._plan.memory
+        )
         images = []
         for index, (image, seed) in enumerate(zip(out.images, resolved.seeds, strict=True)):
             record, text = image_record(
@@ -394,11 +432,34 @@ class Model:
             params=resolved,
             timings=out.timings,
             model=info,
-            warnings=notes,
+            warnings=(*notes, *out.notes),
         )
 
+    def _fall_back(self, error: BaseException, tried: list[str]) -> None:
+        """Ask the policy for the next memory fallback after ``error``, or raise."""
+        gc.collect()
+        if torch.device(self._plan.device).type == "cuda":
+            torch.cuda.empty_cache()
+        handler = getattr(self._policy, "on_out_of_memory", None)
+        plan = handler(self._pipeline, self._plan) if handler is not None else None
+        if plan is None:
+            done = f" after trying {', '.join(tried)}" if tried else ""
+            raise DeviceOutOfMemoryError(
+                f"{self._plan.device} ran out of memory{done}; use smaller images or fewer "
+                "images per call, a smaller max_batch, memory='model_offload' (CUDA), or "
+                "dtype='float16'",
+                tried=tuple(tried),
+            ) from error
+        tried.append(plan.memory[-1])
+        self._plan = plan
+
+    @property
+    def load_warnings(self) -> tuple[str, ...]:
+        """Problems with the weights that ``strict=False`` tolerated (empty when strict)."""
+        return self._components.warnings
+
     def _warnings(self, params: ResolvedParams) -> tuple[str, ...]:
-        notes = []
+        notes = [f"load: {w}" for w in self._components.warnings]
         if params.guidance <= 1 and params.negative_prompt:
             notes.append(
                 "negative_prompt is ignored: guidance <= 1 turns classifier-free guidance off"

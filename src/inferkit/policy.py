@@ -23,7 +23,14 @@ import torch
 
 from inferkit.errors import DeviceUnavailableError, InvalidParameterError
 
-__all__ = ["MEMORY_STRATEGIES", "DevicePolicy", "ExecutionPlan", "Policy", "dtype_name"]
+__all__ = [
+    "MEMORY_STRATEGIES",
+    "DevicePolicy",
+    "ExecutionPlan",
+    "Policy",
+    "dtype_name",
+    "next_memory_fallback",
+]
 
 MEMORY_STRATEGIES: tuple[str, ...] = (
     "model_offload",
@@ -180,6 +187,9 @@ class Policy(Protocol):
         """Place a diffusers pipeline on the plan's device and apply its memory strategies."""
         ...
 
+    # Optional: ``on_out_of_memory(pipeline, plan) -> ExecutionPlan | None`` applies a memory
+    # fallback after an out-of-memory error and returns the new plan (None: give up).
+
 
 def _cuda_ok() -> bool:
     return torch.cuda.is_available()
@@ -312,6 +322,15 @@ class DevicePolicy:
             reason = f"VAE dtype {dtype_name(vae_dtype)}: same as the model"
         return attrs.evolve(plan, vae_dtype=vae_dtype, reasons=(*plan.reasons, reason))
 
+    def on_out_of_memory(self, pipeline: Any, plan: ExecutionPlan) -> ExecutionPlan | None:
+        """Apply the next memory fallback after an out-of-memory error; None when none is left.
+
+        First VAE tiling (decoding in tiles needs far less memory), then, on CUDA, offloading
+        each network to the CPU while it is not in use. The returned plan records the change;
+        the model keeps it for later calls.
+        """
+        return next_memory_fallback(pipeline, plan, allow_offload=True)
+
     def apply(self, pipeline: Any, plan: ExecutionPlan) -> None:
         """Move the pipeline to the device and apply the memory strategies."""
         if "model_offload" in plan.memory or "sequential_offload" in plan.memory:
@@ -338,3 +357,34 @@ class DevicePolicy:
             pipeline.vae.enable_tiling()
         if "attention_slicing" in plan.memory:
             pipeline.enable_attention_slicing()
+
+
+def next_memory_fallback(
+    pipeline: Any, plan: ExecutionPlan, *, allow_offload: bool
+) -> ExecutionPlan | None:
+    """Enable the next memory strategy on ``pipeline`` and return the plan that records it.
+
+    Example:
+        >>> import inferkit
+        >>> m = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"), device="cpu")
+        >>> next_memory_fallback(m.pipeline, m.plan, allow_offload=True).memory
+        ('vae_tiling',)
+
+    """
+    from inferkit._cuda_graphs import forget_graphs
+
+    if "vae_tiling" not in plan.memory:
+        pipeline.vae.enable_tiling()
+        forget_graphs(pipeline.vae)  # a graph recorded untiled would replay untiled
+        added = "vae_tiling"
+    elif (
+        allow_offload
+        and torch.device(plan.device).type == "cuda"
+        and not {"model_offload", "sequential_offload"} & set(plan.memory)
+    ):
+        pipeline.enable_model_cpu_offload(device=plan.device)
+        added = "model_offload"
+    else:
+        return None
+    reason = f"memory strategy {added} added after the device ran out of memory"
+    return attrs.evolve(plan, memory=(*plan.memory, added), reasons=(*plan.reasons, reason))

@@ -38,8 +38,10 @@ from inferkit.errors import ModelNotFoundError, UnsupportedModelError
 
 __all__ = ["DTYPES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry", "write_file"]
 
-HEADER_LIMIT = 100 * 1024 * 1024
-"""Largest header accepted (bytes). Real checkpoints' headers are well under 1 MB."""
+HEADER_LIMIT = 25 * 1024 * 1024
+"""Largest header accepted (bytes), as on the Hugging Face hub. Real checkpoints' headers are
+well under 1 MB; safetensors' own 100 MB cap lets a 1.5-million-entry header take seconds and a
+gigabyte to parse."""
 ENTRY_LIMIT = 100_000
 """Most tensors accepted in one file (SDXL checkpoints hold about 2,500)."""
 

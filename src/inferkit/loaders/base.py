@@ -49,6 +49,11 @@ class LoadOptions:
         extra: loader-specific keyword arguments that :meth:`Model.load` did not know.
         device: where the weights will run; loaders may read them straight onto it (the
             policy moves whatever they leave elsewhere).
+        allow_pickle: the caller accepts pickle checkpoints, read with the restricted
+            unpickler only.
+        strict: weights that do not fit the network are errors; with ``False`` they are
+            recorded in ``Components.warnings`` instead.
+        verify: check cached files against their content hashes before loading (hub cache).
 
     Example:
         >>> import torch
@@ -63,6 +68,9 @@ class LoadOptions:
     vae: str | os.PathLike[str] | None = None
     extra: Mapping[str, Any] = attrs.field(factory=dict)
     device: str = "cpu"
+    allow_pickle: bool = False
+    strict: bool = True
+    verify: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -86,6 +94,8 @@ class Components:
             UNets whose input width differs from their output.
         vae_settings: the latent scaling the UNet was trained with (``scaling_factor``,
             ``force_upcast``, ``sample_size``), kept when the VAE is replaced.
+        warnings: problems the loader tolerated because of ``strict=False`` (each result
+            repeats them).
 
     Example:
         >>> import inferkit
@@ -107,6 +117,7 @@ class Components:
     pipeline_options: Mapping[str, Any] = attrs.field(factory=dict)
     variant: str = "base"
     vae_settings: Mapping[str, Any] = attrs.field(factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -234,9 +245,10 @@ def select_loader(source: str, options: LoadOptions) -> Loader:
     path = Path(source).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES and path.is_file():
         raise UnsupportedModelError(
-            f"{source!r} is a pickle checkpoint ({path.suffix}), which can run code when loaded; "
-            "inferkit loads only .safetensors. Convert it on a machine you trust, or get the "
-            ".safetensors release of the model",
+            f"{source!r} is a pickle checkpoint ({path.suffix}), which can run code when loaded, "
+            "so inferkit refuses it by default. Prefer the model's .safetensors release (or "
+            "convert the file on a machine you trust); if you trust the file, pass "
+            "allow_pickle=True, which reads it with torch's restricted weights-only unpickler",
             source=source,
         )
     if not path.exists():

@@ -154,6 +154,7 @@ def load_folder(
         pairs.append(("text_encoder_2", "tokenizer_2"))
     modules: dict[str, Any] = {}
     weight_files: list[Path] = []
+    tolerated: list[str] = []
     with warnings.catch_warnings(), quiet_libraries():
         warnings.filterwarnings("ignore", category=FutureWarning)
         modules["unet"] = _network(
@@ -163,6 +164,7 @@ def load_folder(
             options,
             source,
             weight_files,
+            tolerated,
         )
         vae_config = _read_json(root / "vae" / "config.json", source)
         if options.vae is None:
@@ -173,6 +175,7 @@ def load_folder(
                 options,
                 source,
                 weight_files,
+                tolerated,
             )
         for encoder_key, tokenizer_key in pairs:
             enc_cls = getattr(
@@ -188,6 +191,7 @@ def load_folder(
                 options,
                 source,
                 weight_files,
+                tolerated,
             )
             modules[tokenizer_key] = _load(
                 getattr(transformers, tok_cls),
@@ -228,6 +232,7 @@ def load_folder(
             "sample_size": vae_config.get("sample_size", 512),
         },
         variant=_variant(unet_config),
+        warnings=tuple(tolerated),
         pipeline_options={k: index[k] for k in ("force_zeros_for_empty_prompt",) if k in index},
     )
 
@@ -281,6 +286,7 @@ def _network(
     options: LoadOptions,
     source: str,
     weight_files: list[Path],
+    tolerated: list[str],
 ) -> Any:
     """Build a module on meta from its config and fill it from the folder's safetensors."""
     _require(folder, source)
@@ -310,16 +316,20 @@ def _network(
             str(folder),
             device=options.device,
             prefetched=prefetch(f, options.device),
+            warnings=None if options.strict else tolerated,
         )
         unexpected = sorted(k for k in f.tensors if k not in used and not _IGNORABLE.search(k))
         if unexpected:
             more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
-            raise UnsupportedModelError(
+            text = (
                 f"{folder} holds {len(unexpected)} weights its {type(module).__name__} does not "
-                f"have: {', '.join(unexpected[:5])}{more}. The weights do not match "
-                "config.json; re-export the model",
-                source=source,
+                f"have: {', '.join(unexpected[:5])}{more}. The weights do not match config.json"
             )
+            if options.strict:
+                raise UnsupportedModelError(
+                    text + "; re-export the model (strict=False ignores them)", source=source
+                )
+            tolerated.append(text + "; they were ignored (strict=False)")
         weight_files.extend(f.paths)
     return module
 

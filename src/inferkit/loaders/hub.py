@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
 
-from inferkit.errors import ModelNotFoundError, OfflineError
+from inferkit.errors import IntegrityError, ModelNotFoundError, OfflineError
 from inferkit.loaders.base import Components, LoadOptions
 from inferkit.loaders.folder import load_folder
 
@@ -56,6 +57,7 @@ class HubLoader:
     """
 
     name = "hub-cache"
+    verifies = True
 
     def accepts(self, source: str, options: LoadOptions) -> bool:
         """Accept strings shaped like a repo id that are not an existing local path."""
@@ -66,8 +68,57 @@ class HubLoader:
     def load(self, source: str, options: LoadOptions) -> Components:
         """Find the snapshot for the revision in the cache (or download it when allowed)."""
         snapshot = resolve_snapshot(source, options)
+        if options.verify:
+            verify_snapshot(snapshot, source)
         name = source.split("/", 1)[1]
         return load_folder(snapshot, source=source, options=options, loader=self.name, name=name)
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_snapshot(snapshot: Path, source: str) -> int:
+    """Check every file of a cached snapshot against the hash its blob is named by.
+
+    The hub cache stores each file once under ``blobs/<hash>``: the sha256 of the content for
+    large (LFS) files, the git blob sha1 for the others. A file whose content no longer matches
+    (a disk error, an interrupted copy, tampering) raises :class:`IntegrityError` naming it.
+    Returns the number of files checked.
+    """
+    checked = 0
+    for link in sorted(p for p in snapshot.rglob("*") if p.is_file()):
+        blob = link.resolve()
+        name = blob.name
+        if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+            actual, kind = _sha256(blob), "sha256"
+        elif len(name) == 40 and all(c in "0123456789abcdef" for c in name):
+            actual, kind = _git_blob_sha1(blob), "git sha1"
+        else:
+            continue  # not a cache blob (a plain folder, say): nothing to check against
+        checked += 1
+        if actual != name:
+            relative = link.relative_to(snapshot)
+            raise IntegrityError(
+                f"{source!r}: cached file {relative} is corrupted: its {kind} is {actual[:12]}..., "
+                f"but the cache entry {blob} says {name[:12]}...; delete that blob and download "
+                "the model again",
+                source=source,
+                path=str(link),
+            )
+    return checked
 
 
 def cached_folder(repo_id: str, options: LoadOptions) -> Path | None:

@@ -20,8 +20,9 @@ import torch
 
 from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
 from inferkit.loaders import ldm_layout as L
-from inferkit.loaders.base import Components, LoadOptions
-from inferkit.loaders.weights import WeightFiles, fill, no_init, prefetch
+from inferkit.loaders.base import PICKLE_SUFFIXES, Components, LoadOptions
+from inferkit.loaders.pickle_file import PickleWeights
+from inferkit.loaders.weights import WeightFiles, WeightSource, fill, no_init, prefetch
 from inferkit.safetensors_io import SafetensorsFile, TensorEntry
 from inferkit.schedulers import SD_NOISE_SCHEDULE
 
@@ -402,7 +403,9 @@ def openclip_config(
 # --- reading tensors into modules -------------------------------------------------------------
 
 
-def _prefetch(f: WeightFiles, options: LoadOptions, ema: bool) -> Mapping[str, torch.Tensor] | None:
+def _prefetch(
+    f: WeightSource, options: LoadOptions, ema: bool
+) -> Mapping[str, torch.Tensor] | None:
     """Copy the weights a GPU load will use to the GPU in one pass (None on other devices)."""
     skip = [L.UNET_PREFIX] if ema else ["model_ema."]
     if options.vae is not None:
@@ -463,6 +466,10 @@ def _tokenizer(
 class SingleFileLoader:
     """Loads original-layout ``.safetensors`` checkpoints without any network access.
 
+    Pickle checkpoints (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) load only when
+    ``Model.load(..., allow_pickle=True)`` is given, through the restricted unpickler of
+    :mod:`inferkit.loaders.pickle_file`.
+
     Options (keyword arguments of :meth:`Model.load`): ``prediction="v"|"epsilon"`` overrides
     detection; ``ema=True`` uses the EMA weights; ``tokenizer=`` / ``tokenizer_2=`` give
     tokenizer folders (otherwise the family's tokenizer is taken from the local hub cache).
@@ -479,10 +486,14 @@ class SingleFileLoader:
     options = _OPTIONS
 
     def accepts(self, source: str, options: LoadOptions) -> bool:
-        """Accept existing files ending in ``.safetensors``."""
+        """Accept existing ``.safetensors`` files (and pickle checkpoints with allow_pickle)."""
         try:
             path = Path(source).expanduser()
-            return path.suffix.lower() == ".safetensors" and path.exists()
+            suffix = path.suffix.lower()
+            wanted = suffix == ".safetensors" or (
+                options.allow_pickle and suffix in PICKLE_SUFFIXES
+            )
+            return wanted and path.exists()
         except (OSError, ValueError):
             return False
 
@@ -493,7 +504,9 @@ class SingleFileLoader:
         ema = extra.get("ema", False)
         if not isinstance(ema, bool):
             raise InvalidParameterError("ema", ema, "must be True or False")
-        with WeightFiles([path]) as f:
+        tolerated: list[str] = []
+        pickled = path.suffix.lower() in PICKLE_SUFFIXES
+        with PickleWeights(path) if pickled else WeightFiles([path]) as f:
             det = _typed(
                 source, lambda: detect(f.tensors, f.metadata, source, extra.get("prediction"))
             )
@@ -503,7 +516,9 @@ class SingleFileLoader:
                 )
             evidence = list(det.evidence)
             tokenizers = self._tokenizers(det, extra, options, source, evidence)
-            modules, used = _typed(source, lambda: self._networks(f, det, options, source, ema))
+            modules, used = _typed(
+                source, lambda: self._networks(f, det, options, source, ema, tolerated)
+            )
         modules.update(tokenizers)
         ignored = [n for n in f.tensors if n not in used]
         if ignored:
@@ -529,6 +544,7 @@ class SingleFileLoader:
             evidence=tuple(evidence),
             pipeline_options={"force_zeros_for_empty_prompt": det.family == "sdxl"},
             variant=det.variant,
+            warnings=tuple(tolerated),
             vae_settings={
                 "scaling_factor": 0.13025 if det.family.startswith("sdxl") else 0.18215,
                 "force_upcast": det.family.startswith("sdxl"),
@@ -565,7 +581,13 @@ class SingleFileLoader:
         return found
 
     def _networks(
-        self, f: WeightFiles, det: CheckpointInfo, options: LoadOptions, source: str, ema: bool
+        self,
+        f: WeightSource,
+        det: CheckpointInfo,
+        options: LoadOptions,
+        source: str,
+        ema: bool,
+        tolerated: list[str],
     ) -> tuple[dict[str, Any], set[str]]:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -577,6 +599,7 @@ class SingleFileLoader:
         used: set[str] = set()
         pre = _prefetch(f, options, ema)
         device = options.device
+        warn = None if options.strict else tolerated
         ucfg = unet_config(entries, family, det.resolution)
         with no_init():
             unet = UNet2DConditionModel(**ucfg)
@@ -591,6 +614,7 @@ class SingleFileLoader:
             rename=L.ema_key if ema else None,
             device=device,
             prefetched=pre,
+            warnings=warn,
         )
         modules["unet"] = unet
         if options.vae is None:
@@ -612,6 +636,7 @@ class SingleFileLoader:
                 source,
                 device=device,
                 prefetched=pre,
+                warnings=warn,
             )
             modules["vae"] = vae
         encoders: list[tuple[str, dict[str, Any], Any, Callable[[str], tuple[str, str]]]] = []
@@ -662,6 +687,8 @@ class SingleFileLoader:
         for name, cfg, cls, mapping in encoders:
             with no_init():
                 model = cls(CLIPTextConfig(**cfg))
-            used |= fill(model, f, mapping, dtype, source, device=device, prefetched=pre)
+            used |= fill(
+                model, f, mapping, dtype, source, device=device, prefetched=pre, warnings=warn
+            )
             modules[name] = model
         return modules, used

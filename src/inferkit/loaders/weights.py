@@ -14,14 +14,33 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from inferkit.errors import UnsupportedModelError
-from inferkit.safetensors_io import SafetensorsFile, TensorEntry
+from inferkit.safetensors_io import DTYPES, SafetensorsFile, TensorEntry
 
-__all__ = ["WeightFiles", "fill", "no_init", "open_weights", "prefetch"]
+__all__ = ["WeightFiles", "WeightSource", "fill", "no_init", "open_weights", "prefetch"]
+
+
+class WeightSource(Protocol):
+    """Named tensors to fill modules from: safetensors files or an unpickled checkpoint."""
+
+    @property
+    def tensors(self) -> Mapping[str, TensorEntry]:
+        """Each tensor's name, dtype and shape."""
+        ...
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor on the CPU, floating point converted to ``dtype``."""
+        ...
+
+    def read_to_device(
+        self, names: Iterable[str], device: str | torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Many tensors on ``device`` in their stored dtype."""
+        ...
 
 
 @contextmanager
@@ -219,7 +238,7 @@ def open_weights(folder: Path, stem: str, source: str) -> WeightFiles:
 
 
 def prefetch(
-    files: WeightFiles, device: str, skip: tuple[str, ...] = ()
+    files: WeightSource, device: str, skip: tuple[str, ...] = ()
 ) -> Mapping[str, torch.Tensor] | None:
     """Copy every tensor not under a ``skip`` prefix to a CUDA ``device`` (None elsewhere)."""
     if torch.device(device).type != "cuda":
@@ -243,22 +262,25 @@ def _shown(names: list[str]) -> str:
 
 def fill(
     module: torch.nn.Module,
-    f: WeightFiles | SafetensorsFile,
+    f: WeightSource,
     mapping: Callable[[str], tuple[str, str]],
     dtype: torch.dtype,
     source: str,
     rename: Callable[[str], str] | None = None,
     device: str = "cpu",
     prefetched: Mapping[str, torch.Tensor] | None = None,
+    warnings: list[str] | None = None,
 ) -> set[str]:
     """Read every weight ``module`` needs from ``f`` onto ``device``; return the keys used.
 
     ``mapping`` turns a module key into the stored key and a transform (``"same"``,
     ``"conv1x1"``, ``"transpose"``, or ``"q"``/``"k"``/``"v"`` for a third of a fused
     projection). ``prefetched`` holds tensors already copied to ``device`` in their stored dtype.
+    With a ``warnings`` list (``strict=False``), missing and wrongly shaped weights are set to
+    zero and described in it instead of raising.
 
     Raises:
-        UnsupportedModelError: a weight is missing or has the wrong shape.
+        UnsupportedModelError: a weight is missing or has the wrong shape (strict).
 
     """
 
@@ -269,6 +291,7 @@ def fill(
         return f.read(key, dtype).to(device)
 
     expected = module.state_dict()
+    kind = type(module).__name__
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     missing: list[str] = []
@@ -279,6 +302,15 @@ def fill(
         if stored_key not in f.tensors:
             missing.append(stored_key)
             continue
+        stored_float = DTYPES[f.tensors[stored_key].dtype].is_floating_point
+        if stored_float != expected[key].is_floating_point():
+            needed = "a floating-point" if expected[key].is_floating_point() else "an integer"
+            raise UnsupportedModelError(
+                f"{source!r}: weight {stored_key} is stored as {f.tensors[stored_key].dtype}, "
+                f"but {kind} needs {needed} tensor there; the file is damaged or not a model "
+                "inferkit knows",
+                source=source,
+            )
         used.add(stored_key)
         if transform in ("q", "k", "v"):
             whole = fused.get(stored_key)
@@ -290,24 +322,43 @@ def fill(
         else:
             tensor = _from_stored(read(stored_key), transform)
         state[key] = tensor
+    kind = type(module).__name__
     if missing:
-        raise UnsupportedModelError(
-            f"{source!r} lacks {len(missing)} weights of its {type(module).__name__}: "
-            f"{_shown(missing)}. The file is incomplete or of a layout inferkit does not know",
-            source=source,
+        text = (
+            f"{source!r} lacks {len(missing)} weights of its {kind}: {_shown(missing)}. The "
+            "file is incomplete or of a layout inferkit does not know"
         )
-    wrong = [
-        f"{key} {tuple(tensor.shape)} (needs {tuple(expected[key].shape)})"
-        for key, tensor in state.items()
-        if tensor.shape != expected[key].shape
-    ]
+        if warnings is None:
+            raise UnsupportedModelError(text + " (strict=False loads it with zeros)", source=source)
+        warnings.append(text + "; they were set to zero (strict=False)")
+    wrong = [key for key, tensor in state.items() if tensor.shape != expected[key].shape]
     if wrong:
-        raise UnsupportedModelError(
-            f"{source!r}: {len(wrong)} weights of its {type(module).__name__} have the wrong "
-            f"shape: {_shown(wrong)}. The file is for a different architecture",
-            source=source,
+        shown = _shown(
+            [f"{k} {tuple(state[k].shape)} (needs {tuple(expected[k].shape)})" for k in wrong]
+        )
+        text = (
+            f"{source!r}: {len(wrong)} weights of its {kind} have the wrong shape: {shown}. The "
+            "file is for a different architecture"
+        )
+        if warnings is None:
+            raise UnsupportedModelError(text, source=source)
+        warnings.append(text + "; they were set to zero (strict=False)")
+    for key in [*missing_keys(expected, state), *wrong]:
+        state[key] = torch.zeros(
+            expected[key].shape, dtype=_dtype_for(expected[key], dtype), device=device
         )
     module.load_state_dict(state, strict=True, assign=True)
     module.eval()
     module.requires_grad_(False)
     return used
+
+
+def missing_keys(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Return the module keys that ``state`` has no tensor for."""
+    return [key for key in expected if key not in state]
+
+
+def _dtype_for(reference: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    return dtype if reference.is_floating_point() else reference.dtype
