@@ -118,3 +118,17 @@ def test_a_directory_where_a_file_belongs(tmp_path: Path) -> None:
     path.mkdir()
     with pytest.raises(inferkit.UnsupportedModelError, match="it is a directory, not a file"):
         inferkit.inspect_file(path)
+
+
+def test_a_renamed_unet_tensor_is_a_typed_error_from_inspect(tmp_path: Path) -> None:
+    """Found by the fuzzer: a header byte flip that renames a UNet tensor made inspect_file
+    raise a raw KeyError; it is an UnsupportedModelError like the same file in Model.load."""
+    import inferkit.testing
+
+    src = inferkit.testing.tiny_model_path("sd1")
+    path = inferkit.testing.write_single_file(src, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    old = b"model.diffusion_model.out.2.weight"
+    path.write_bytes(data.replace(old, b"model.diffusion_model.out.2.weighu", 1))
+    with pytest.raises(inferkit.UnsupportedModelError, match="unexpected checkpoint layout"):
+        inferkit.inspect_file(path)

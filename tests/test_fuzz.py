@@ -24,12 +24,23 @@ EXAMPLES = int(os.environ.get("INFERKIT_FUZZ_EXAMPLES", "300"))
 DOCUMENTED = (inferkit.UnsupportedModelError, inferkit.ModelNotFoundError)
 
 
+class _Original:
+    """The valid checkpoint's bytes, with a short repr for Hypothesis' failure reports."""
+
+    def __init__(self, data: bytes, tokenizer: Path) -> None:
+        self.data = data
+        self.tokenizer = tokenizer
+
+    def __repr__(self) -> str:
+        return f"<tiny sd1 checkpoint, {len(self.data)} bytes>"
+
+
 @pytest.fixture(scope="module")
-def original(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, Path]:
+def original(tmp_path_factory: pytest.TempPathFactory) -> _Original:
     src = inferkit.testing.tiny_model_path("sd1")
     path = tmp_path_factory.mktemp("fuzz") / "m.safetensors"
     inferkit.testing.write_single_file(src, path)
-    return path.read_bytes(), src / "tokenizer"
+    return _Original(path.read_bytes(), src / "tokenizer")
 
 
 def _header_size(data: bytes) -> int:
@@ -80,11 +91,11 @@ def _mutate(data: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
 )
 @given(mutations=st.lists(_mutation, min_size=1, max_size=3))
 def test_mutated_checkpoints_raise_only_documented_errors(
-    original: tuple[bytes, Path], tmp_path: Path, mutations: list[tuple[str, int, int]]
+    original: _Original, tmp_path: Path, mutations: list[tuple[str, int, int]]
 ) -> None:
     """Inspecting and loading a mutated checkpoint either works or raises one of inferkit's
     documented file errors; never a raw KeyError, struct.error, torch error, crash or hang."""
-    data, tokenizer = original
+    data, tokenizer = original.data, original.tokenizer
     path = tmp_path / "fuzzed.safetensors"
     path.write_bytes(_mutate(data, mutations))
     try:

@@ -231,7 +231,7 @@ def inspect_file(path: str | os.PathLike[str], prediction: str | None = None) ->
 
     """
     with SafetensorsFile(path) as f:
-        return detect(f.tensors, f.metadata, str(path), prediction)
+        return _typed(str(path), lambda: detect(f.tensors, f.metadata, str(path), prediction))
 
 
 # --- configs derived from the tensors ---------------------------------------------------------
