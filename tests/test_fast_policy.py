@@ -122,8 +122,11 @@ def test_graphed_call_runs_cpu_work_directly() -> None:
     assert call.recorded == 0
 
 
-def test_graphed_call_refuses_arguments_it_cannot_key() -> None:
-    """An argument that cannot be part of a graph's signature is a TypeError, not a wrong graph."""
-    call = GraphedCall(lambda x, obj: x)
-    with pytest.raises(TypeError, match="cannot record a CUDA graph over an argument of type"):
-        call(torch.ones(1), object())
+def test_graphed_call_runs_directly_on_arguments_it_cannot_key() -> None:
+    """An argument that cannot be part of a graph's signature makes the call run without a
+    graph instead of failing or replaying a wrong one."""
+    marker = object()
+    call = GraphedCall(lambda x, obj: (x + 1, obj))
+    out, seen = call(torch.ones(1), marker)
+    assert out.tolist() == [2.0] and seen is marker
+    assert call.recorded == 0

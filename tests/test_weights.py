@@ -234,3 +234,21 @@ def test_folder_with_only_pickle_weights_says_so(sd1_path: Path, tmp_path: Path)
     (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model.bin")
     with pytest.raises(inferkit.UnsupportedModelError, match="only pickle weights"):
         inferkit.Model.load(folder)
+
+
+def test_grouped_device_reads_match_plain_reads(
+    monkeypatch: pytest.MonkeyPatch, sd1_path: Path
+) -> None:
+    """The grouped copy that GPU loads use (here forced on the CPU, with groups of a few KB)
+    gives every tensor exactly as a plain read does, converted to the target dtype."""
+    from inferkit.loaders import weights
+
+    monkeypatch.setattr(weights, "GROUP_BYTES", 4096)
+    with weights.open_weights(sd1_path / "unet", "diffusion_pytorch_model", "t") as f:
+        names = sorted(f.tensors, key=lambda n: f.tensors[n].start)
+        grouped = weights._read_all(f, names, torch.bfloat16, "cpu", grouped=True)
+        plain = weights._read_all(f, names, torch.bfloat16, "cpu", grouped=False)
+    assert grouped.keys() == plain.keys()
+    assert all(
+        grouped[n].dtype == torch.bfloat16 and torch.equal(grouped[n], plain[n]) for n in names
+    )

@@ -106,7 +106,12 @@ class GraphedCall:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Replay (or record, then replay) the graph for these arguments."""
         tensors: list[torch.Tensor] = []
-        key = _flatten((args, kwargs), tensors)
+        try:
+            # Inference mode is part of the signature: buffers made inside it cannot be
+            # written outside it.
+            key = (_flatten((args, kwargs), tensors), torch.is_inference_mode_enabled())
+        except TypeError:
+            return self.fn(*args, **kwargs)  # an argument no graph can key on: run directly
         if not tensors or not all(t.is_cuda for t in tensors) or torch.is_grad_enabled():
             return self.fn(*args, **kwargs)
         with self._lock:
@@ -131,6 +136,9 @@ class GraphedCall:
         """
         try:
             return self._record(args, kwargs, tensors)
+        except torch.OutOfMemoryError:
+            torch.cuda.synchronize()
+            raise  # not a property of fn: let the memory fallback act, and try again later
         except RuntimeError as e:
             torch.cuda.synchronize()
             name = getattr(self.fn, "__qualname__", type(self.fn).__name__)

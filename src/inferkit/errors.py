@@ -223,6 +223,7 @@ class NumericalError(InferkitError, ArithmeticError):
     Attributes:
         step: the first step (1-based) after which the latents were not finite.
         dtype: the dtype the model ran in.
+        seeds: the seeds of the images denoised together when it happened.
 
     Example:
         >>> import inferkit
@@ -231,19 +232,21 @@ class NumericalError(InferkitError, ArithmeticError):
 
     """
 
-    def __init__(self, step: int, dtype: str) -> None:
+    def __init__(self, step: int, dtype: str, seeds: tuple[int, ...] = ()) -> None:
         hint = (
             "load the model with dtype='bfloat16' (same range as float32) or 'float32'"
             if dtype == "float16"
             else "load the model with dtype='float32', or check the weights (strict loading, "
             "a matching VAE)"
         )
+        which = f" (seed {', '.join(map(str, seeds))})" if seeds else ""
         super().__init__(
-            f"the latents became NaN or infinite at step {step} in {dtype}; no image is "
+            f"the latents became NaN or infinite at step {step}{which} in {dtype}; no image is "
             f"returned. To fix it, {hint}"
         )
         self.step = step
         self.dtype = dtype
+        self.seeds = seeds
 
 
 class ModelClosedError(InferkitError, RuntimeError):

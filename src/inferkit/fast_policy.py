@@ -198,6 +198,15 @@ class FastPolicy:
             decoder_forward = torch.compile(decoder_forward, fullgraph=True, dynamic=False)
             vae.decoder.forward = decoder_forward
         elif self.compile == "regional":
+            if not getattr(unet, "_repeated_blocks", None):
+                import diffusers
+
+                raise InvalidParameterError(
+                    "compile",
+                    "regional",
+                    f"needs diffusers >= 0.35 (this is {diffusers.__version__}), whose UNet "
+                    "names its repeated blocks; upgrade diffusers or use compile='full'",
+                )
             unet.compile_repeated_blocks(fullgraph=True, dynamic=False)
         if on_cuda and self.cuda_graphs:
             unet.forward = GraphedCall(unet_forward)
@@ -212,7 +221,12 @@ class FastPolicy:
 
 def _enable_compile_cache(folder: str) -> None:
     """Keep compiled graphs and kernels in ``folder`` so later processes reuse them."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidParameterError(
+            "cache_dir", folder, f"cannot be created ({e.strerror or e}); pass a writable folder"
+        ) from e
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     import torch._dynamo
     import torch._inductor.config as inductor_config

@@ -216,9 +216,11 @@ def run(
         _sync(device)
         encoded = time.perf_counter()
         latents: list[torch.Tensor] = []
+        bad_steps: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
         steps_run = 0
         try:
             for batch in batches:
+                progress.first_bad = progress.counter = None  # steps count per batch
                 pipe.scheduler = build_scheduler(choice, scheduler_config, noise_seed=batch[0])
                 gens = generators(batch, noise_device)
                 noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
@@ -236,11 +238,13 @@ def run(
                     return_dict=False,
                 )
                 latents.append(out[0])
+                bad_steps.append((tuple(batch), progress.first_bad))
                 steps_run = len(pipe.scheduler.timesteps)
         finally:
             progress.close()
-        if progress.first_bad is not None and int(progress.first_bad) > 0:
-            raise NumericalError(step=int(progress.first_bad), dtype=params.dtype)
+        for batch_seeds, first_bad in bad_steps:  # one read per batch, after all the work
+            if first_bad is not None and int(first_bad) > 0:
+                raise NumericalError(step=int(first_bad), dtype=params.dtype, seeds=batch_seeds)
         _sync(device)
         denoised = time.perf_counter()
         images = decode(pipe, torch.cat(latents), plan.vae_dtype, notes)

@@ -7,6 +7,7 @@ import gc
 import os
 import sys
 import threading
+import traceback
 import warnings
 from typing import Any
 
@@ -390,6 +391,7 @@ class Model:
             notes = list(self._warnings(resolved))
             tried: list[str] = []
             while True:
+                failure: torch.OutOfMemoryError | None = None
                 try:
                     out = run(
                         self._pipeline,
@@ -405,11 +407,13 @@ class Model:
                     )
                     break
                 except torch.OutOfMemoryError as e:
-                    self._fall_back(e, tried)
-                    notes.append(
-                        f"the device ran out of memory; retried with {tried[-1]} (kept for "
-                        "later calls)"
-                    )
+                    failure = e
+                # Outside the except block, so the failed attempt's frames can be freed.
+                self._fall_back(failure, tried)
+                notes.append(
+                    f"the device ran out of memory; retried from the first step with "
+                    f"{tried[-1]} (kept for later calls)"
+                )
             info = self.info
         resolved = attrs.evolve(
             resolved, denoising_steps=out.denoising_steps, memory=self._plan.memory
@@ -435,13 +439,20 @@ class Model:
             warnings=(*notes, *out.notes),
         )
 
-    def _fall_back(self, error: BaseException, tried: list[str]) -> None:
+    def _fall_back(self, error: BaseException | None, tried: list[str]) -> None:
         """Ask the policy for the next memory fallback after ``error``, or raise."""
+        if error is not None and error.__traceback__ is not None:
+            # Drop the failed attempt's locals (its activations) but keep the traceback lines.
+            traceback.clear_frames(error.__traceback__)
         gc.collect()
         if torch.device(self._plan.device).type == "cuda":
             torch.cuda.empty_cache()
         handler = getattr(self._policy, "on_out_of_memory", None)
         plan = handler(self._pipeline, self._plan) if handler is not None else None
+        if plan is not None and (
+            not isinstance(plan, ExecutionPlan) or len(plan.memory) <= len(self._plan.memory)
+        ):
+            plan = None  # a fallback must add a strategy, or the retry would fail the same way
         if plan is None:
             done = f" after trying {', '.join(tried)}" if tried else ""
             raise DeviceOutOfMemoryError(

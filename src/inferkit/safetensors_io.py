@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import torch
 
-from inferkit.errors import ModelNotFoundError, UnsupportedModelError
+from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
 
 __all__ = ["DTYPES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry", "write_file"]
 
@@ -150,7 +150,7 @@ class SafetensorsFile:
             raw = self._fh.read(length)
             try:
                 header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
+            except (ValueError, RecursionError) as e:  # includes JSON and UTF-8 errors
                 raise _bad(self.path, f"its header is not valid JSON ({e})") from e
         except UnsupportedModelError:
             # Only now guess what the file is: a length prefix may look like any bytes.
@@ -285,27 +285,41 @@ class SafetensorsFile:
     ) -> None:
         """Read ``(file offset, size, buffer position)`` chunks into ``buffer``."""
         cuda = buffer.is_cuda
-        fd = self._fh.fileno()
         base = self._data_start
+        ready: Any = None
+        if cuda:
+            # The copies run on side streams; they must not start before work already queued
+            # on the current stream (which may still read memory ``buffer`` now reuses).
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            ready.record(torch.cuda.current_stream(buffer.device))
 
         def worker(mine: list[tuple[int, int, int]]) -> None:
             host = torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=cuda)
-            view = host.numpy().data
+            view = host.numpy().data.cast("B")
             stream = torch.cuda.Stream(device=buffer.device) if cuda else None  # type: ignore[no-untyped-call]
+            if stream is not None:
+                stream.wait_event(ready)
             done: Any = None
-            for offset, size, where in mine:
-                if done is not None:
-                    done.synchronize()  # the previous copy out of ``host`` has finished
-                got = os.preadv(fd, [view[:size]], base + offset)
-                if got != size:
-                    raise _bad(self.path, f"tensor data at byte {base + offset} is cut short")
-                if stream is None:
-                    buffer[where : where + size].copy_(host[:size])
-                    continue
-                with torch.cuda.stream(stream):
-                    buffer[where : where + size].copy_(host[:size], non_blocking=True)
-                    done = torch.cuda.Event()  # type: ignore[no-untyped-call]
-                    done.record(stream)
+            with open(self.path, "rb") as fh:
+                for offset, size, where in mine:
+                    if done is not None:
+                        done.synchronize()  # the previous copy out of ``host`` has finished
+                    fh.seek(base + offset)
+                    got = 0
+                    while got < size:  # a read may return less than asked
+                        n = fh.readinto(view[got:size])
+                        if not n:
+                            raise _bad(
+                                self.path, f"tensor data at byte {base + offset} is cut short"
+                            )
+                        got += n
+                    if stream is None:
+                        buffer[where : where + size].copy_(host[:size])
+                        continue
+                    with torch.cuda.stream(stream):
+                        buffer[where : where + size].copy_(host[:size], non_blocking=True)
+                        done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                        done.record(stream)
             if done is not None:
                 done.synchronize()
 
@@ -402,6 +416,11 @@ def write_file(
 
     """
     names = {dt: name for name, dt in DTYPES.items()}
+    for name, tensor in tensors.items():
+        if tensor.dtype not in names:
+            raise InvalidParameterError(
+                "tensors", name, f"has dtype {tensor.dtype}, which safetensors cannot store"
+            )
     order = sorted(tensors, key=lambda n: (-tensors[n].element_size(), n))
     header: dict[str, Any] = {}
     if metadata:

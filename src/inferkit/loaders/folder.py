@@ -13,7 +13,7 @@ from typing import Any
 from inferkit._quiet import quiet_libraries
 from inferkit.errors import UnsupportedModelError
 from inferkit.loaders.base import Components, LoadOptions
-from inferkit.loaders.weights import fill, no_init, open_weights, prefetch
+from inferkit.loaders.weights import fill, no_init, open_weights
 
 __all__ = ["FolderLoader", "detect_architecture"]
 
@@ -38,9 +38,10 @@ _TOKENIZERS = {"CLIPTokenizer", "CLIPTokenizerFast"}
 def _read_json(path: Path, source: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # JSON errors are ValueErrors
         raise UnsupportedModelError(
-            f"{path} could not be read as JSON ({e}); re-download or re-export the model",
+            f"{path} could not be read as JSON ({type(e).__name__}: {str(e)[:200]}); "
+            "re-download or re-export the model",
             source=source,
         ) from e
     if not isinstance(data, dict):
@@ -261,13 +262,24 @@ def _text_config(cls: Any, folder: Path, source: str) -> Any:
     _require(folder, source)
     try:
         return cls.config_class.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, *_CONFIG_ERRORS) as e:
         raise UnsupportedModelError(
             f"could not read {folder / 'config.json'} as a {cls.config_class.__name__}: {e}",
             source=source,
         ) from e
 
 
+# What building a network from a hostile config can raise (zero groups, zero heads, ...).
+_CONFIG_ERRORS = (
+    TypeError,
+    ValueError,
+    KeyError,
+    ArithmeticError,
+    AttributeError,
+    AssertionError,
+    RuntimeError,
+    RecursionError,
+)
 # Older diffusers exports name the VAE's attention projections differently.
 _OLD_ATTENTION = {
     ".to_q.": ".query.",
@@ -293,7 +305,7 @@ def _network(
     try:
         with no_init():
             module = build()
-    except (TypeError, ValueError, KeyError) as e:
+    except _CONFIG_ERRORS as e:
         raise UnsupportedModelError(
             f"{folder / 'config.json'} does not describe a network inferkit can build ({e})",
             source=source,
@@ -315,7 +327,6 @@ def _network(
             options.dtype,
             str(folder),
             device=options.device,
-            prefetched=prefetch(f, options.device),
             warnings=None if options.strict else tolerated,
         )
         unexpected = sorted(k for k in f.tensors if k not in used and not _IGNORABLE.search(k))

@@ -107,7 +107,13 @@ def verify_snapshot(snapshot: Path, source: str) -> int:
         elif len(name) == 40 and all(c in "0123456789abcdef" for c in name):
             actual, kind = _git_blob_sha1(blob), "git sha1"
         else:
-            continue  # not a cache blob (a plain folder, say): nothing to check against
+            raise IntegrityError(
+                f"{source!r}: cannot verify {link.relative_to(snapshot)}: it is not stored "
+                f"under its hash ({blob}), as the hub library stores downloads (a copied cache "
+                "without symlinks?); download the model again, or load without verify=True",
+                source=source,
+                path=str(link),
+            )
         checked += 1
         if actual != name:
             relative = link.relative_to(snapshot)

@@ -13,7 +13,6 @@ unpickling.
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,6 +61,19 @@ def _state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     }
     if not tensors:
         raise UnsupportedModelError(f"{path} holds no tensors", source=str(path))
+    for name, tensor in tensors.items():
+        # The restricted unpickler also builds meta, sparse and subclassed tensors; weights
+        # are plain dense tensors with data.
+        if (
+            type(tensor) not in (torch.Tensor, torch.nn.Parameter)
+            or tensor.layout is not torch.strided
+            or tensor.is_meta
+        ):
+            raise UnsupportedModelError(
+                f"{path}: {name!r} is not a plain dense tensor ({tensor.layout}, device "
+                f"{tensor.device.type}); the file is not a checkpoint inferkit reads",
+                source=str(path),
+            )
     return tensors
 
 
@@ -89,7 +101,7 @@ class PickleWeights:
             )
         try:
             loaded = self._load(mmap=zipfile.is_zipfile(self.path))
-        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        except Exception as e:  # hostile input: any failure to unpickle means "unreadable"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnsupportedModelError(
                 f"{self.path} could not be read as a weights-only pickle ({first}). It may be "

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
-import torch
 
 from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
 from inferkit.loaders import ldm_layout as L
 from inferkit.loaders.base import PICKLE_SUFFIXES, Components, LoadOptions
 from inferkit.loaders.pickle_file import PickleWeights
-from inferkit.loaders.weights import WeightFiles, WeightSource, fill, no_init, prefetch
+from inferkit.loaders.weights import WeightFiles, WeightSource, fill, no_init
 from inferkit.safetensors_io import SafetensorsFile, TensorEntry
 from inferkit.schedulers import SD_NOISE_SCHEDULE
 
@@ -403,16 +402,6 @@ def openclip_config(
 # --- reading tensors into modules -------------------------------------------------------------
 
 
-def _prefetch(
-    f: WeightSource, options: LoadOptions, ema: bool
-) -> Mapping[str, torch.Tensor] | None:
-    """Copy the weights a GPU load will use to the GPU in one pass (None on other devices)."""
-    skip = [L.UNET_PREFIX] if ema else ["model_ema."]
-    if options.vae is not None:
-        skip.append(L.VAE_PREFIX)
-    return prefetch(f, options.device, tuple(skip))
-
-
 def _tokenizer(
     kind: str, given: str | os.PathLike[str] | None, options: LoadOptions, source: str
 ) -> tuple[Any, str]:
@@ -597,7 +586,6 @@ class SingleFileLoader:
         dtype = options.dtype
         modules: dict[str, Any] = {}
         used: set[str] = set()
-        pre = _prefetch(f, options, ema)
         device = options.device
         warn = None if options.strict else tolerated
         ucfg = unet_config(entries, family, det.resolution)
@@ -613,7 +601,6 @@ class SingleFileLoader:
             source,
             rename=L.ema_key if ema else None,
             device=device,
-            prefetched=pre,
             warnings=warn,
         )
         modules["unet"] = unet
@@ -635,7 +622,6 @@ class SingleFileLoader:
                 dtype,
                 source,
                 device=device,
-                prefetched=pre,
                 warnings=warn,
             )
             modules["vae"] = vae
@@ -687,8 +673,6 @@ class SingleFileLoader:
         for name, cfg, cls, mapping in encoders:
             with no_init():
                 model = cls(CLIPTextConfig(**cfg))
-            used |= fill(
-                model, f, mapping, dtype, source, device=device, prefetched=pre, warnings=warn
-            )
+            used |= fill(model, f, mapping, dtype, source, device=device, warnings=warn)
             modules[name] = model
         return modules, used

@@ -21,7 +21,7 @@ import torch
 from inferkit.errors import UnsupportedModelError
 from inferkit.safetensors_io import DTYPES, SafetensorsFile, TensorEntry
 
-__all__ = ["WeightFiles", "WeightSource", "fill", "no_init", "open_weights", "prefetch"]
+__all__ = ["GROUP_BYTES", "WeightFiles", "WeightSource", "fill", "no_init", "open_weights"]
 
 
 class WeightSource(Protocol):
@@ -150,7 +150,7 @@ def _shard_path(folder: Path, name: object, index: Path) -> Path:
         or "\\" in text
         or ":" in text
     )
-    if unsafe or not _SHARD_NAME.match(text):
+    if unsafe or not _SHARD_NAME.fullmatch(text):
         raise UnsupportedModelError(
             f"{index} names shard {name!r}, which is not a plain .safetensors file name in "
             f"{folder}; inferkit reads shards only from the index's own folder",
@@ -180,9 +180,11 @@ def _read_index(index: Path) -> dict[str, str]:
 
     try:
         data = json.loads(index.read_text(encoding="utf-8"), object_pairs_hook=no_duplicates)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # JSON errors are ValueErrors
         raise UnsupportedModelError(
-            f"{index} could not be read as JSON ({e}); re-download the model", source=str(index)
+            f"{index} could not be read as JSON ({type(e).__name__}: {str(e)[:200]}); "
+            "re-download the model",
+            source=str(index),
         ) from e
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -218,7 +220,9 @@ def open_weights(folder: Path, stem: str, source: str) -> WeightFiles:
     weight_map = _read_index(index)
     shards: dict[str, Path] = {}
     for shard in weight_map.values():
-        if shard not in shards:
+        if not isinstance(shard, str):
+            _shard_path(folder, shard, index)  # raises: not a file name
+        elif shard not in shards:
             shards[shard] = _shard_path(folder, shard, index)
     files = WeightFiles(shards.values())
     try:
@@ -237,16 +241,6 @@ def open_weights(folder: Path, stem: str, source: str) -> WeightFiles:
     return files
 
 
-def prefetch(
-    files: WeightSource, device: str, skip: tuple[str, ...] = ()
-) -> Mapping[str, torch.Tensor] | None:
-    """Copy every tensor not under a ``skip`` prefix to a CUDA ``device`` (None elsewhere)."""
-    if torch.device(device).type != "cuda":
-        return None
-    names = [name for name in files.tensors if not name.startswith(skip)]
-    return files.read_to_device(names, device)
-
-
 def _from_stored(tensor: torch.Tensor, transform: str) -> torch.Tensor:
     if transform == "conv1x1":
         return tensor.reshape(tensor.shape[0], tensor.shape[1])
@@ -260,6 +254,10 @@ def _shown(names: list[str]) -> str:
     return ", ".join(names[:5]) + more
 
 
+GROUP_BYTES = 512 * 1024 * 1024
+"""Most stored bytes copied to a GPU at once before they are converted (bounds the load peak)."""
+
+
 def fill(
     module: torch.nn.Module,
     f: WeightSource,
@@ -268,34 +266,26 @@ def fill(
     source: str,
     rename: Callable[[str], str] | None = None,
     device: str = "cpu",
-    prefetched: Mapping[str, torch.Tensor] | None = None,
     warnings: list[str] | None = None,
 ) -> set[str]:
     """Read every weight ``module`` needs from ``f`` onto ``device``; return the keys used.
 
     ``mapping`` turns a module key into the stored key and a transform (``"same"``,
     ``"conv1x1"``, ``"transpose"``, or ``"q"``/``"k"``/``"v"`` for a third of a fused
-    projection). ``prefetched`` holds tensors already copied to ``device`` in their stored dtype.
-    With a ``warnings`` list (``strict=False``), missing and wrongly shaped weights are set to
-    zero and described in it instead of raising.
+    projection). On a CUDA device the needed tensors travel in groups of at most
+    :data:`GROUP_BYTES` stored bytes, each converted on the device before the next is read, so a
+    load never holds more than one group beyond the model itself; tensors the module does not
+    use are never copied. With a ``warnings`` list (``strict=False``), missing and wrongly
+    shaped weights are set to zero and described in it instead of raising.
 
     Raises:
         UnsupportedModelError: a weight is missing or has the wrong shape (strict).
 
     """
-
-    def read(key: str) -> torch.Tensor:
-        if prefetched is not None and key in prefetched:
-            tensor = prefetched[key]
-            return tensor.to(dtype) if tensor.is_floating_point() else tensor
-        return f.read(key, dtype).to(device)
-
     expected = module.state_dict()
     kind = type(module).__name__
-    state: dict[str, torch.Tensor] = {}
-    used: set[str] = set()
+    wanted: list[tuple[str, str, str]] = []  # module key, stored key, transform
     missing: list[str] = []
-    fused: dict[str, torch.Tensor] = {}
     for key in expected:
         original, transform = mapping(key)
         stored_key = rename(original) if rename else original
@@ -311,18 +301,18 @@ def fill(
                 "inferkit knows",
                 source=source,
             )
-        used.add(stored_key)
+        wanted.append((key, stored_key, transform))
+    used = {stored for _, stored, _ in wanted}
+    loaded = _read_all(f, sorted(used, key=lambda n: f.tensors[n].start), dtype, device)
+    state: dict[str, torch.Tensor] = {}
+    for key, stored_key, transform in wanted:
+        tensor = loaded[stored_key]
         if transform in ("q", "k", "v"):
-            whole = fused.get(stored_key)
-            if whole is None:
-                whole = fused[stored_key] = read(stored_key)
-            third = whole.shape[0] // 3
+            third = tensor.shape[0] // 3
             index = "qkv".index(transform)
-            tensor = whole[index * third : (index + 1) * third]
+            state[key] = tensor[index * third : (index + 1) * third]
         else:
-            tensor = _from_stored(read(stored_key), transform)
-        state[key] = tensor
-    kind = type(module).__name__
+            state[key] = _from_stored(tensor, transform)
     if missing:
         text = (
             f"{source!r} lacks {len(missing)} weights of its {kind}: {_shown(missing)}. The "
@@ -351,6 +341,41 @@ def fill(
     module.eval()
     module.requires_grad_(False)
     return used
+
+
+def _read_all(
+    f: WeightSource,
+    names: list[str],
+    dtype: torch.dtype,
+    device: str,
+    grouped: bool | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read ``names`` onto ``device``, floating point converted to ``dtype``.
+
+    ``grouped`` (default: on CUDA devices) copies in groups with ``read_to_device``.
+    """
+    if not (grouped if grouped is not None else torch.device(device).type == "cuda"):
+        return {name: f.read(name, dtype).to(device) for name in names}
+    out: dict[str, torch.Tensor] = {}
+    group: list[str] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        for name, tensor in f.read_to_device(group, device).items():
+            out[name] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        group.clear()
+        size = 0
+
+    for name in names:
+        entry = f.tensors[name]
+        group.append(name)
+        size += entry.end - entry.start
+        if size >= GROUP_BYTES:
+            flush()
+    if group:
+        flush()
+    return out
 
 
 def missing_keys(
