@@ -87,6 +87,22 @@ def free() -> None:
 def configs(arch: str, tiny: bool) -> dict[str, Any]:
     if tiny:
         return {"tiny": True}
+    # The published configurations; both families share the VAE and the CLIP-L text encoder.
+    vae = dict(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+    )
+    clip_l = dict(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+    )
     if arch == "sd15":
         return {
             "unet": dict(
@@ -96,24 +112,8 @@ def configs(arch: str, tiny: bool) -> dict[str, Any]:
                 block_out_channels=(320, 640, 1280, 1280),
                 layers_per_block=2,
             ),
-            "vae": dict(
-                block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4,
-                layers_per_block=2,
-                latent_channels=4,
-                sample_size=512,
-            ),
-            "text": [
-                dict(
-                    vocab_size=49408,
-                    hidden_size=768,
-                    intermediate_size=3072,
-                    num_hidden_layers=12,
-                    num_attention_heads=12,
-                    hidden_act="quick_gelu",
-                )
-            ],
+            "vae": {**vae, "sample_size": 512},
+            "text": [clip_l],
         }
     return {
         "unet": dict(
@@ -130,26 +130,9 @@ def configs(arch: str, tiny: bool) -> dict[str, Any]:
             addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816,
         ),
-        "vae": dict(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=1024,
-            scaling_factor=0.13025,
-            force_upcast=True,
-        ),
+        "vae": {**vae, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True},
         "text": [
-            dict(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                hidden_act="quick_gelu",
-                projection_dim=768,
-            ),
+            {**clip_l, "projection_dim": 768},
             dict(
                 vocab_size=49408,
                 hidden_size=1280,

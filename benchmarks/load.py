@@ -55,62 +55,13 @@ print(json.dumps({"seconds": seconds, "ready_seconds": ready, "added_peak_bytes"
 
 
 def build(root: Path) -> tuple[Path, Path]:
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    """Write (once) full-size SD 1.5 as a diffusers folder and a single file under ``root``."""
+    import gpu_suite
 
-    import inferkit.testing
-
-    folder = root / "sd15"
-    if not (folder / "model_index.json").exists():
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                hidden_act="quick_gelu",
-            )
-        )
-        tiny = inferkit.testing.tiny_model_path("sd1")
-        tokenizer = CLIPTokenizer.from_pretrained(tiny / "tokenizer")
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=PNDMScheduler(skip_prk_steps=True),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        ).to(torch.float16)
-        pipe.save_pretrained(folder, safe_serialization=True)
-    single = root / "sd15.safetensors"
-    if not single.exists():
-        inferkit.testing.write_single_file(folder, single, dtype=torch.float16)
-    return folder, single
+    folder, single = root / "sd15", root / "sd15.safetensors"
+    if (folder / "model_index.json").exists() and single.exists():
+        return folder, single
+    return gpu_suite.build("sd15", root, tiny=False, device="cpu")
 
 
 def run(which: str, path: Path, extra: dict[str, str]) -> dict[str, float]:

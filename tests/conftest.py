@@ -76,3 +76,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
 
 def pixels(image: inferkit.GeneratedImage) -> bytes:
     return image.image.tobytes()
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HF_HOME of our own, with HF_HUB_OFFLINE on."""
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home / "hub"

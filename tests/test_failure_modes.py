@@ -235,25 +235,16 @@ def test_out_of_memory_after_every_fallback_is_a_typed_error(sd1_path: Path) -> 
 # --- cache integrity ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home / "hub"
-
-
-def test_verify_accepts_an_intact_cache_entry(hub_home: Path, sd1_path: Path) -> None:
+def test_verify_accepts_an_intact_cache_entry(hub_cache: Path, sd1_path: Path) -> None:
     """verify=True checks every blob against its name and loads an intact model."""
-    inferkit.testing.write_hub_cache_entry(sd1_path, "acme/tiny", hub_home)
+    inferkit.testing.write_hub_cache_entry(sd1_path, "acme/tiny", hub_cache)
     assert inferkit.Model.load("acme/tiny", verify=True).info.loader == "hub-cache"
 
 
 @pytest.mark.parametrize("member", ["unet/diffusion_pytorch_model.safetensors", "unet/config.json"])
-def test_verify_names_a_corrupted_blob(hub_home: Path, sd1_path: Path, member: str) -> None:
+def test_verify_names_a_corrupted_blob(hub_cache: Path, sd1_path: Path, member: str) -> None:
     """One flipped byte in a cached file (sha256-named or git-named blob) is reported by name."""
-    snapshot = inferkit.testing.write_hub_cache_entry(sd1_path, "acme/tiny", hub_home)
+    snapshot = inferkit.testing.write_hub_cache_entry(sd1_path, "acme/tiny", hub_cache)
     blob = (snapshot / member).resolve()
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0x01

@@ -127,16 +127,6 @@ def test_cuda_request_without_cuda_is_a_device_error(sd1_path: Path) -> None:
 # --- hub cache ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty HF_HOME of our own, with HF_HUB_OFFLINE on."""
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home / "hub"
-
-
 def test_repo_id_loads_from_the_hub_cache_offline(
     hub_cache: Path, tiny_paths: dict[str, Path], no_network: list[object]
 ) -> None:

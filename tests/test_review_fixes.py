@@ -229,16 +229,10 @@ def test_a_fallback_that_adds_nothing_ends_the_retries(sd1_path: Path) -> None:
         model.infer("a cat", steps=2, seed=1, progress=False)
 
 
-def test_verify_refuses_a_cache_it_cannot_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sd1_path: Path
-) -> None:
+def test_verify_refuses_a_cache_it_cannot_check(hub_cache: Path, sd1_path: Path) -> None:
     """A snapshot whose files are plain copies (no hash-named blobs) cannot be verified; that
     is an IntegrityError, not a silent pass."""
-    home = tmp_path / "hf"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    snapshot = inferkit.testing.write_hub_cache_entry(sd1_path, "acme/tiny", home / "hub")
+    snapshot = inferkit.testing.write_hub_cache_entry(sd1_path, "acme/tiny", hub_cache)
     link = snapshot / "unet" / "config.json"
     data = link.read_bytes()
     link.unlink()
