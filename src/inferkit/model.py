@@ -361,6 +361,8 @@ class Model:
         Raises:
             InvalidParameterError: a parameter is invalid (before any model work starts).
             InferenceCancelled: the callback stopped the run.
+            NumericalError: the latents became NaN or infinite (no NaN image is returned).
+            DeviceOutOfMemoryError: out of memory, and the policy had no fallback left.
             ModelClosedError: the model was closed.
 
         Example:
