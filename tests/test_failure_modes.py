@@ -215,7 +215,10 @@ def test_out_of_memory_is_retried_with_vae_tiling(sd1_path: Path) -> None:
     result = model.infer("a cat", steps=2, seed=1, progress=False)
     assert model.plan.memory == ("vae_tiling",)
     assert result.params.memory == ("vae_tiling",)
-    assert any("ran out of memory; retried from the first step with vae_tiling" in w for w in result.warnings)
+    assert any(
+        "ran out of memory; retried from the first step with vae_tiling" in w
+        for w in result.warnings
+    )
     assert "vae_tiling added after the device ran out of memory" in model.plan.reasons[-1]
     assert result.images[0].image.size == (64, 64)
 

@@ -257,3 +257,17 @@ def test_unwritable_compile_cache_is_a_typed_error(sd1_path: Path, tmp_path: Pat
     with pytest.raises(inferkit.InvalidParameterError) as caught:
         inferkit.Model.load(sd1_path, policy=policy)
     assert caught.value.name == "cache_dir"
+
+
+def test_misshapen_tensor_that_needs_reshaping_is_a_typed_error(tmp_path: Path) -> None:
+    """A VAE attention weight stored 3x3 instead of 1x1 (it is reshaped on loading) is named
+    as the wrong shape, not a raw reshape error."""
+    src = inferkit.testing.tiny_model_path("sd1")
+    path = inferkit.testing.write_single_file(src, tmp_path / "m.safetensors")
+    tensors = load_file(str(path))
+    key = "first_stage_model.decoder.mid.attn_1.q.weight"
+    out_ch, in_ch = tensors[key].shape[:2]
+    tensors[key] = torch.zeros(out_ch, in_ch, 3, 3)
+    save_file(tensors, str(path))
+    with pytest.raises(inferkit.UnsupportedModelError, match="wrong shape"):
+        inferkit.Model.load(path, tokenizer=src / "tokenizer")

@@ -215,7 +215,7 @@ class FastPolicy:
                 encoder = getattr(pipeline, name, None)
                 if encoder is not None:
                     encoder.forward = GraphedCall(encoder.forward)
-        elif unet_forward is not unet.forward:
+        elif self.compile == "full":
             unet.forward = unet_forward
 
 

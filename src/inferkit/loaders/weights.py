@@ -242,9 +242,10 @@ def open_weights(folder: Path, stem: str, source: str) -> WeightFiles:
 
 
 def _from_stored(tensor: torch.Tensor, transform: str) -> torch.Tensor:
-    if transform == "conv1x1":
+    # A tensor of an unexpected shape is returned as it is; the shape check then names it.
+    if transform == "conv1x1" and tensor.ndim == 4 and tensor.shape[2:] == (1, 1):
         return tensor.reshape(tensor.shape[0], tensor.shape[1])
-    if transform == "transpose":
+    if transform == "transpose" and tensor.ndim == 2:
         return tensor.t().contiguous()
     return tensor
 
