@@ -77,13 +77,19 @@ def cpu(args: argparse.Namespace) -> Path:
 
 def gpu(argv: list[str]) -> Path:
     """Run the GPU suite and file its JSON under the card's name and today's date."""
+    import tempfile
+
     import gpu_suite
 
+    if "--out" not in argv:  # the suite's own running log; the results file is written below
+        argv = [*argv, "--out", tempfile.mkdtemp(prefix="inferkit-gpu-")]
     sys.argv = ["gpu_suite.py", *argv]
     gpu_suite.main()
     data = gpu_suite.RESULTS
     name = str(data["env"].get("device", "cpu"))
     short = re.sub(r"[^a-z0-9]+", "-", name.lower().replace("nvidia", "")).strip("-") or "gpu"
+    if data["env"].get("tiny"):
+        short = f"tiny-{short}"  # a check of the script, never mistaken for a card's results
     out = RESULTS / f"{short}-{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(data, indent=2, default=str) + "\n")
     print(f"wrote {out}")
