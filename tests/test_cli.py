@@ -92,3 +92,23 @@ def test_schedulers_lists_every_sampler() -> None:
     assert "karras" in listed["dpmpp_2m"]["schedules"]
     table = run("schedulers").stdout
     assert "DPM++ 2M SDE" in table
+
+
+def test_generate_blends_a_variation_seed_and_writes_a_sheet(
+    sd1_path: Path, tmp_path: Path
+) -> None:
+    """--variation-seed/--variation-strength reach the images' metadata and --grid writes a
+    contact sheet of them."""
+    out, sheet = tmp_path / "v.png", tmp_path / "sheet.png"
+    proc = run(
+        "generate", str(sd1_path), "a cat", "--steps", "2", "--seed", "3", "--images", "2",
+        "--variation-seed", "8", "--variation-strength", "0.4", "--grid", str(sheet),
+        "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    meta = inferkit.read_metadata(tmp_path / "v-1.png")
+    assert (meta.seed, meta.variation_seed, meta.variation_strength) == (4, 9, 0.4)
+    from PIL import Image
+
+    with Image.open(sheet) as img:
+        assert img.size == (128, 64)

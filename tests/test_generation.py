@@ -259,3 +259,99 @@ def test_close_frees_the_networks(sd1_path: Path) -> None:
     model.close()
     gc.collect()
     assert unet() is None
+
+
+def test_grid_lays_images_out_row_by_row(sd1: inferkit.Model) -> None:
+    """result.grid(cols=2) puts image 0 top-left, image 1 top-right, image 2 bottom-left, and
+    fills the empty cell with the background."""
+    result = sd1.infer("a cat", steps=2, seed=5, images=3, progress=False)
+    sheet = result.grid(cols=2, gap=2)
+    w, h = result.images[0].image.size
+    assert sheet.size == (2 * w + 3 * 2, 2 * h + 3 * 2)
+    for i, (x, y) in enumerate([(2, 2), (4 + w, 2), (2, 4 + h)]):
+        cell = sheet.crop((x, y, x + w, y + h))
+        assert cell.tobytes() == result.images[i].image.convert("RGB").tobytes()
+    empty = sheet.crop((4 + w, 4 + h, 4 + 2 * w, 4 + 2 * h))
+    assert set(empty.getdata()) == {(255, 255, 255)}
+
+
+def test_grid_defaults_to_a_square_sheet_and_checks_its_arguments(sd1: inferkit.Model) -> None:
+    """Without cols the sheet is ceil(sqrt(n)) wide; bad counts are refused by name."""
+    result = sd1.infer("a cat", steps=2, seed=5, images=4, progress=False)
+    w, h = result.images[0].image.size
+    assert result.grid().size == (2 * w, 2 * h)
+    for name, value in (("cols", 0), ("cols", 1.5), ("gap", -1)):
+        with pytest.raises(inferkit.InvalidParameterError) as caught:
+            result.grid(**{name: value})
+        assert caught.value.name == name
+
+
+def test_variation_strength_zero_and_one_give_the_two_seeds_images(sd1: inferkit.Model) -> None:
+    """Strength 0 is the seed's image and strength 1 the variation seed's, pixel for pixel;
+    0.5 is neither."""
+    args = {"steps": 3, "scheduler": "euler", "progress": False}
+    plain = sd1.infer("a cat", seed=10, **args).images[0].image
+    other = sd1.infer("a cat", seed=99, **args).images[0].image
+    at = {
+        s: sd1.infer("a cat", seed=10, variation_seed=99, variation_strength=s, **args)
+        for s in (0.0, 0.5, 1.0)
+    }
+    assert at[0.0].images[0].image.tobytes() == plain.tobytes()
+    assert at[1.0].images[0].image.tobytes() == other.tobytes()
+    middle = at[0.5].images[0].image.tobytes()
+    assert middle not in (plain.tobytes(), other.tobytes())
+    assert at[0.0].params.variation_seed is None  # nothing was blended, nothing is recorded
+    assert (at[0.5].params.variation_seed, at[0.5].params.variation_strength) == (99, 0.5)
+
+
+def test_variation_seeds_advance_per_image_and_are_batch_independent(sd1: inferkit.Model) -> None:
+    """Image i blends seed s+i with variation seed v+i, so the second image of a call equals
+    that image made alone."""
+    args = {"steps": 3, "variation_strength": 0.3, "progress": False}
+    pair = sd1.infer("a cat", seed=20, variation_seed=50, images=2, **args)
+    alone = sd1.infer("a cat", seed=21, variation_seed=51, **args)
+    assert pair.images[1].image.tobytes() == alone.images[0].image.tobytes()
+
+
+def test_variation_seed_is_drawn_and_recorded_in_the_png(
+    sd1: inferkit.Model, tmp_path: Path
+) -> None:
+    """With a strength but no variation seed one is drawn; both land in the PNG, in
+    AUTOMATIC1111's infotext fields and in the JSON record."""
+    result = sd1.infer("a cat", steps=2, seed=1, images=2, variation_strength=0.25, progress=False)
+    drawn = result.params.variation_seed
+    assert drawn is not None
+    meta = inferkit.read_metadata(result.images[1].save(tmp_path / "v.png"))
+    assert meta.infotext is not None
+    assert f"Variation seed: {(drawn + 1) % 2**64}, Variation seed strength: 0.25" in meta.infotext
+    assert meta.record is not None and meta.record["params"]["variation_seed"] == drawn
+    assert (meta.variation_seed, meta.variation_strength) == ((drawn + 1) % 2**64, 0.25)
+    from inferkit.metadata import parse_infotext
+
+    parsed = parse_infotext(meta.infotext)
+    assert (parsed.variation_seed, parsed.variation_strength) == ((drawn + 1) % 2**64, 0.25)
+
+
+def test_variations_of_a_trained_model_stay_close_to_the_original() -> None:
+    """On the shapes model a small strength keeps the judged colour and shape and changes few
+    pixels; strength 1 gives the variation seed's own image."""
+    from inferkit.zoo.shapes.checker import judge
+
+    model = inferkit.Model.load("inferkit:shapes", device="cpu")
+    args = {"steps": 20, "progress": False}
+    base = model.infer("a green square on a white background", seed=4, **args).images[0].image
+    near = (
+        model.infer(
+            "a green square on a white background",
+            seed=4,
+            variation_seed=77,
+            variation_strength=0.1,
+            **args,
+        )
+        .images[0]
+        .image
+    )
+    seen = judge(near)
+    assert (seen.color, seen.shape) == ("green", "square")
+    diff = np.abs(np.asarray(base, dtype=float) - np.asarray(near, dtype=float)).mean()
+    assert 0 < diff < 20

@@ -128,3 +128,19 @@ def test_noise_source_is_cpu_or_device() -> None:
     with pytest.raises(inferkit.InvalidParameterError) as e:
         inferkit.GenerationParams("x", noise="gpu")  # type: ignore[arg-type]
     assert e.value.name == "noise"
+
+
+@given(st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.000001), st.just(float("nan"))))
+def test_variation_strength_outside_zero_to_one_is_refused(value: float) -> None:
+    """variation_strength is a fraction of the way to the variation seed's noise."""
+    with pytest.raises(inferkit.InvalidParameterError) as caught:
+        inferkit.GenerationParams("a cat", variation_strength=value)
+    assert caught.value.name == "variation_strength"
+
+
+@given(st.one_of(st.integers(max_value=-1), st.integers(min_value=2**64)))
+def test_variation_seed_outside_64_bits_is_refused(value: int) -> None:
+    """A variation seed follows the same rules as a seed."""
+    with pytest.raises(inferkit.InvalidParameterError) as caught:
+        inferkit.GenerationParams("a cat", variation_seed=value)
+    assert caught.value.name == "variation_seed"

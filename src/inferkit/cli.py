@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--schedule", default=None, help="sigma schedule: karras, exponential, beta")
     gen.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT or N (default native)")
     gen.add_argument("--images", type=int, default=1)
+    gen.add_argument("--variation-seed", type=int, default=None, help="second seed to blend in")
+    gen.add_argument(
+        "--variation-strength", type=float, default=0.0, help="0 (seed) to 1 (variation seed)"
+    )
+    gen.add_argument("--grid", default=None, help="also write a contact sheet of the images here")
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,11 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _outputs(output: str, count: int) -> list[Path]:
+def _outputs(output: str, count: int, option: str = "--output") -> list[Path]:
     path = Path(output)
     check_png_path(path)
     if not path.parent.is_dir():
-        raise InvalidParameterError("--output", output, f"its folder {path.parent} does not exist")
+        raise InvalidParameterError(option, output, f"its folder {path.parent} does not exist")
     if count == 1:
         return [path]
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
@@ -107,8 +112,12 @@ def _generate(args: argparse.Namespace) -> int:
         images=args.images,
         scheduler=args.scheduler,
         schedule=args.schedule,
+        variation_seed=args.variation_seed,
+        variation_strength=args.variation_strength,
     )
     paths = _outputs(args.output, params.images)
+    if args.grid is not None:
+        _outputs(args.grid, 1, "--grid")  # check the sheet's path before any work
     options = {
         k: v
         for k, v in {
@@ -124,6 +133,9 @@ def _generate(args: argparse.Namespace) -> int:
     for image, path in zip(result.images, paths, strict=True):
         image.save(path)
         print(f"{path}  seed={image.seed}")
+    if args.grid is not None:
+        result.grid().save(args.grid)
+        print(f"{args.grid}  contact sheet of {len(result.images)} images")
     for note in result.warnings:
         print(f"inferkit: warning: {note}", file=sys.stderr)
     t = result.timings

@@ -19,7 +19,7 @@ from inferkit.params import ResolvedParams
 from inferkit.policy import ExecutionPlan
 from inferkit.results import StepInfo, Timings
 from inferkit.schedulers import SamplerChoice, build_scheduler
-from inferkit.seeds import generators, initial_noise
+from inferkit.seeds import generators, image_seeds, initial_noise, varied_noise
 
 __all__ = ["RunOutput", "StepCallback", "run"]
 
@@ -117,6 +117,12 @@ def _encode(
     if do_cfg:
         out["negative_prompt_embeds"] = npe
     return out
+
+
+def image_seeds_from(first: int, offsets: list[int]) -> list[int]:
+    """Return the variation seeds of the images at ``offsets`` (image ``i``: ``first + i``)."""
+    every = image_seeds(first, max(offsets) + 1)
+    return [every[i] for i in offsets]
 
 
 def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
@@ -223,7 +229,19 @@ def run(
                 progress.first_bad = progress.counter = None  # steps count per batch
                 pipe.scheduler = build_scheduler(choice, scheduler_config, noise_seed=batch[0])
                 gens = generators(batch, noise_device)
-                noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
+                if params.variation_seed is None:
+                    noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
+                else:
+                    offsets = [seeds.index(s) for s in batch]
+                    noise = varied_noise(
+                        batch,
+                        image_seeds_from(params.variation_seed, offsets),
+                        params.variation_strength,
+                        shape,
+                        noise_device=noise_device,
+                        device=device,
+                        dtype=plan.dtype,
+                    )
                 out = pipe(
                     **_repeat(embeds, len(batch)),
                     num_inference_steps=params.steps,

@@ -55,6 +55,8 @@ class ImageMetadata:
             or inferkit's canonical name (``"dpmpp_2m_karras"``) from its JSON record; both
             resolve with :func:`inferkit.resolve_scheduler`.
         seed: the image's own seed, if recorded.
+        variation_seed: the image's own variation seed, if one was blended in.
+        variation_strength: how strongly it was blended in (0 to 1), if recorded.
         guidance: CFG scale, if recorded.
         width: image width, if recorded.
         height: image height, if recorded.
@@ -76,6 +78,8 @@ class ImageMetadata:
     steps: int | None = None
     sampler: str | None = None
     seed: int | None = None
+    variation_seed: int | None = None
+    variation_strength: float | None = None
     guidance: float | None = None
     width: int | None = None
     height: int | None = None
@@ -163,6 +167,8 @@ def parse_infotext(text: str) -> ImageMetadata:
         "Sampler",
         "Schedule type",
         "Seed",
+        "Variation seed",
+        "Variation seed strength",
         "CFG scale",
         "Size",
         "Model hash",
@@ -179,6 +185,8 @@ def parse_infotext(text: str) -> ImageMetadata:
         steps=_maybe(int, fields.get("Steps")),
         sampler=sampler,
         seed=_maybe(int, fields.get("Seed")),
+        variation_seed=_maybe(int, fields.get("Variation seed")),
+        variation_strength=_maybe(float, fields.get("Variation seed strength")),
         guidance=_maybe(float, fields.get("CFG scale")),
         width=int(size.group(1)) if size else None,
         height=int(size.group(2)) if size else None,
@@ -198,6 +206,10 @@ def _from_record(record: Mapping[str, Any], infotext: str | None) -> ImageMetada
         steps=params.get("steps"),
         sampler=params.get("scheduler"),
         seed=record.get("seed"),
+        variation_seed=_own_variation_seed(params.get("variation_seed"), record.get("index")),
+        variation_strength=params.get("variation_strength")
+        if params.get("variation_seed") is not None
+        else None,
         guidance=params.get("guidance"),
         width=params.get("width"),
         height=params.get("height"),
@@ -206,6 +218,13 @@ def _from_record(record: Mapping[str, Any], infotext: str | None) -> ImageMetada
         record=record,
         infotext=infotext,
     )
+
+
+def _own_variation_seed(first: Any, index: Any) -> int | None:
+    """Return image ``index``'s variation seed, given the call's first one."""
+    if not isinstance(first, int) or not isinstance(index, int):
+        return None
+    return (first + index) % 2**64
 
 
 def read_metadata(path: str | os.PathLike[str]) -> ImageMetadata:

@@ -317,6 +317,11 @@ class Model:
         else:
             choice = self._default_scheduler
         seed = params.seed if params.seed is not None else draw_seed()
+        variation_seed = params.variation_seed
+        if variation_seed is None and params.variation_strength > 0:
+            variation_seed = draw_seed()
+        if params.variation_strength == 0:
+            variation_seed = None  # no blend: the image is the seed's alone
         resolved = ResolvedParams(
             prompt=params.prompt,
             negative_prompt=params.negative_prompt,
@@ -336,6 +341,8 @@ class Model:
             vae_dtype=self._plan.vae_dtype_name,
             memory=self._plan.memory,
             denoising_steps=params.steps,
+            variation_seed=variation_seed,
+            variation_strength=float(params.variation_strength),
         )
         return resolved, choice
 

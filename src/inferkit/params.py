@@ -115,6 +115,12 @@ class GenerationParams:
         schedule: sigma schedule (``"karras"``, ``"exponential"``, ``"beta"``), as in ComfyUI.
         noise: ``"cpu"`` draws initial noise on the CPU so that pixels do not depend on the
             device; ``"device"`` draws it on the model's device (faster, device-dependent).
+        variation_seed: a second seed whose noise is blended into each image's noise, as
+            AUTOMATIC1111's "variation seed" does (image ``i`` uses ``variation_seed + i``);
+            ``None`` draws one when ``variation_strength`` is above 0.
+        variation_strength: how far to move from the seed's noise towards the variation seed's,
+            in ``[0, 1]``, by spherical interpolation: 0 is the seed's image, 1 the variation
+            seed's, values between are nearby variations.
 
     Example:
         >>> import inferkit
@@ -136,6 +142,8 @@ class GenerationParams:
     schedule: str | None = attrs.field(default=None, kw_only=True)
     scheduler: str | None = attrs.field(default=None, validator=_check_scheduler, kw_only=True)
     noise: NoiseSource = attrs.field(default="cpu", validator=_check_noise, kw_only=True)
+    variation_seed: int | None = attrs.field(default=None, validator=_check_seed, kw_only=True)
+    variation_strength: float = attrs.field(default=0.0, validator=_unit_float, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -169,6 +177,8 @@ class ResolvedParams:
     vae_dtype: str
     memory: tuple[str, ...]
     denoising_steps: int
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of every field."""

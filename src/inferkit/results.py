@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -204,6 +205,55 @@ class InferenceResult:
         """The seed of each image."""
         return tuple(im.seed for im in self.images)
 
+    def grid(self, cols: int | None = None, *, gap: int = 0, background: str = "white") -> Any:
+        """Lay the images out on one sheet, left to right, then top to bottom.
+
+        Args:
+            cols: images per row; default: the smallest count that makes the sheet about square
+                (``ceil(sqrt(n))``).
+            gap: pixels between images and around the sheet.
+            background: colour of the gaps and of empty cells.
+
+        Returns:
+            A PIL image. It carries no generation metadata: each image keeps its own.
+
+        Raises:
+            InvalidParameterError: ``cols`` or ``gap`` is not a valid count.
+
+        Example:
+            >>> import inferkit
+            >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> result = model.infer("a cat", steps=2, seed=1, images=3, progress=False)
+            >>> result.grid(cols=2).size
+            (128, 128)
+
+        """
+        from PIL import Image
+
+        from inferkit.errors import InvalidParameterError
+
+        count = len(self.images)
+        if cols is None:
+            cols = max(1, math.ceil(math.sqrt(count)))
+        if not isinstance(cols, int) or isinstance(cols, bool) or cols < 1:
+            raise InvalidParameterError("cols", cols, "must be an integer >= 1 (or None)")
+        if not isinstance(gap, int) or isinstance(gap, bool) or gap < 0:
+            raise InvalidParameterError("gap", gap, "must be an integer >= 0")
+        cols = min(cols, count)
+        rows = math.ceil(count / cols)
+        width = max(im.image.width for im in self.images)
+        height = max(im.image.height for im in self.images)
+        sheet = Image.new(
+            "RGB", (cols * width + (cols + 1) * gap, rows * height + (rows + 1) * gap), background
+        )
+        for i, generated in enumerate(self.images):
+            row, col = divmod(i, cols)
+            sheet.paste(
+                generated.image.convert("RGB"),
+                (gap + col * (width + gap), gap + row * (height + gap)),
+            )
+        return sheet
+
 
 def image_record(
     *,
@@ -235,6 +285,7 @@ def image_record(
         "CFG scale": params.guidance,
         "Seed": seed,
         "Size": f"{params.width}x{params.height}",
+        **_variation_fields(params, index),
         "Model hash": model.hash,
         "Model": model.name,
         "Version": f"inferkit {version}",
@@ -243,3 +294,13 @@ def image_record(
         prompt=params.prompt, negative_prompt=params.negative_prompt, fields=fields
     )
     return record, text
+
+
+def _variation_fields(params: ResolvedParams, index: int) -> dict[str, Any]:
+    """AUTOMATIC1111's infotext fields for a variation seed, when one was used."""
+    if params.variation_seed is None:
+        return {}
+    from inferkit.seeds import image_seeds
+
+    seed = image_seeds(params.variation_seed, index + 1)[index]
+    return {"Variation seed": seed, "Variation seed strength": params.variation_strength}
