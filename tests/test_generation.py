@@ -8,6 +8,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
+import torch
 from tests.conftest import pixels
 
 import inferkit
@@ -207,10 +208,40 @@ def test_ignored_negative_prompt_is_a_recorded_warning(sd1: inferkit.Model) -> N
     assert any("negative_prompt is ignored" in w for w in result.warnings)
 
 
-def test_truncated_prompt_is_a_recorded_warning(sd1: inferkit.Model) -> None:
-    """Prompts longer than the text encoder's window are reported, not silently cut."""
-    result = sd1.infer("cat " * 100, steps=2, seed=1, progress=False)
-    assert any("only the first 75 are used" in w for w in result.warnings)
+def test_long_prompts_are_encoded_whole_not_cut(models: dict[str, inferkit.Model]) -> None:
+    """Words after the 75th token change the image (they are encoded in a second chunk, not
+    dropped), for the SD and SDXL families; the token count is recorded."""
+    head = "a " * 80  # "a" and "red" are one token each in the tiny models' vocabulary
+    for arch in ("sd1", "sdxl"):
+        model = models[arch]
+        a = model.infer(head + "red", steps=2, seed=1, progress=False)
+        b = model.infer(head + "blue", steps=2, seed=1, progress=False)
+        assert a.images[0].image.tobytes() != b.images[0].image.tobytes(), arch
+        assert a.params.prompt_tokens == 81
+        assert not a.warnings
+
+
+def test_long_prompt_chunks_are_padded_to_match(sd1: inferkit.Model) -> None:
+    """A long negative prompt with a short prompt (and the reverse) runs: both sides get the
+    same number of 75-token chunks."""
+    from inferkit.prompts import encode_long
+
+    out = encode_long(sd1.pipeline, "sd1", "a cat", "a " * 160, torch.device("cpu"), True)
+    assert out["prompt_embeds"].shape[1] == out["negative_prompt_embeds"].shape[1] == 3 * 77
+    r = sd1.infer("a cat", negative_prompt="a " * 160, steps=2, seed=1, progress=False)
+    assert r.params.negative_prompt_tokens == 160
+
+
+def test_prompts_within_the_window_take_diffusers_path_unchanged(sd1: inferkit.Model) -> None:
+    """A 75-token prompt is encoded by diffusers' own encoder, giving the same embeddings as
+    the chunked encoder's single chunk."""
+    from inferkit.prompts import encode_long
+
+    prompt = "a " * 75
+    pipe = sd1.pipeline
+    ours = encode_long(pipe, "sd1", prompt, "", torch.device("cpu"), True)["prompt_embeds"]
+    theirs, _ = pipe.encode_prompt(prompt, torch.device("cpu"), 1, True)
+    assert torch.equal(ours, theirs)
 
 
 def test_two_threads_get_the_results_they_would_get_alone(sd1: inferkit.Model) -> None:

@@ -17,6 +17,7 @@ import torch
 from inferkit.errors import InferenceCancelled, NumericalError
 from inferkit.params import ResolvedParams
 from inferkit.policy import ExecutionPlan
+from inferkit.prompts import encode_long, needs_chunks
 from inferkit.results import StepInfo, Timings
 from inferkit.schedulers import SamplerChoice, build_scheduler
 from inferkit.seeds import generators, image_seeds, initial_noise, varied_noise
@@ -99,6 +100,11 @@ def _encode(
     pipe: Any, architecture: str, params: ResolvedParams, device: torch.device
 ) -> dict[str, Any]:
     do_cfg = params.guidance > 1
+    tokenizer = getattr(pipe, "tokenizer", None)
+    if tokenizer is not None and needs_chunks(tokenizer, params.prompt, params.negative_prompt):
+        return encode_long(
+            pipe, architecture, params.prompt, params.negative_prompt, device, do_cfg
+        )
     negative = params.negative_prompt or None
     if architecture == "sdxl":
         pe, npe, ppe, nppe = pipe.encode_prompt(

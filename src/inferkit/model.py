@@ -28,6 +28,7 @@ from inferkit.loaders import Components, LoadOptions, select_loader
 from inferkit.params import GenerationParams, ResolvedParams
 from inferkit.pipelines import build_pipeline, vae_scale_factor
 from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
+from inferkit.prompts import token_count
 from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, image_record
 from inferkit.schedulers import (
     SamplerChoice,
@@ -343,8 +344,15 @@ class Model:
             denoising_steps=params.steps,
             variation_seed=variation_seed,
             variation_strength=float(params.variation_strength),
+            prompt_tokens=self._tokens(params.prompt),
+            negative_prompt_tokens=self._tokens(params.negative_prompt),
         )
         return resolved, choice
+
+    def _tokens(self, text: str) -> int:
+        modules = self._components.modules
+        tokenizer = modules.get("tokenizer") or modules.get("tokenizer_2")
+        return token_count(tokenizer, text) if tokenizer is not None else 0
 
     def infer(
         self,
@@ -484,15 +492,6 @@ class Model:
             notes.append(
                 "negative_prompt is ignored: guidance <= 1 turns classifier-free guidance off"
             )
-        tokenizer = self._components.modules.get("tokenizer")
-        if tokenizer is not None:
-            limit = int(tokenizer.model_max_length)
-            for name in ("prompt", "negative_prompt"):
-                count = len(tokenizer(getattr(params, name)).input_ids)
-                if count > limit:
-                    notes.append(
-                        f"{name} is {count - 2} tokens; only the first {limit - 2} are used"
-                    )
         return tuple(notes)
 
     def close(self) -> None:

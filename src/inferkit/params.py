@@ -179,6 +179,8 @@ class ResolvedParams:
     denoising_steps: int
     variation_seed: int | None = None
     variation_strength: float = 0.0
+    prompt_tokens: int = 0
+    negative_prompt_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of every field."""
