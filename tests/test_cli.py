@@ -112,3 +112,27 @@ def test_generate_blends_a_variation_seed_and_writes_a_sheet(
 
     with Image.open(sheet) as img:
         assert img.size == (128, 64)
+
+
+def test_generate_starts_from_an_init_image(tmp_path: Path) -> None:
+    """--init-image and --strength run image-to-image with the packaged model: a red circle
+    asked to be blue comes back blue."""
+    from PIL import Image
+
+    from inferkit.zoo.shapes.checker import judge
+
+    red = tmp_path / "red.png"
+    out = tmp_path / "blue.png"
+    assert run(
+        "generate", "inferkit:shapes", "a red circle on a white background", "--steps", "20",
+        "--seed", "3", "-o", str(red),
+    ).returncode == 0  # fmt: skip
+    proc = run(
+        "generate", "inferkit:shapes", "a blue circle on a white background", "--steps", "20",
+        "--seed", "3", "--init-image", str(red), "--strength", "0.8", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as img:
+        seen = judge(img)
+    assert (seen.color, seen.shape) == ("blue", "circle")
+    assert inferkit.read_metadata(out).record["params"]["denoising_steps"] == 16  # type: ignore[index]

@@ -1,6 +1,6 @@
 """Fuzzing: mutated checkpoints give a documented inferkit error or load; nothing else escapes.
 
-The default run is bounded for CI (``INFERKIT_FUZZ_EXAMPLES``, 300 examples, well under a
+The default run is bounded for CI (``INFERKIT_FUZZ_EXAMPLES``, 200 examples, well under a
 minute). A longer run:
 
     INFERKIT_FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz.py -q
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import inferkit
 import inferkit.testing
 
-EXAMPLES = int(os.environ.get("INFERKIT_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("INFERKIT_FUZZ_EXAMPLES", "200"))
 DOCUMENTED = (inferkit.UnsupportedModelError, inferkit.ModelNotFoundError)
 
 

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
         "--variation-strength", type=float, default=0.0, help="0 (seed) to 1 (variation seed)"
     )
     gen.add_argument("--grid", default=None, help="also write a contact sheet of the images here")
+    gen.add_argument("--init-image", default=None, help="start from this image (image-to-image)")
+    gen.add_argument(
+        "--strength", type=float, default=0.75, help="with --init-image: how much to repaint"
+    )
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -114,6 +118,8 @@ def _generate(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         variation_seed=args.variation_seed,
         variation_strength=args.variation_strength,
+        init_image=args.init_image,
+        strength=args.strength,
     )
     paths = _outputs(args.output, params.images)
     if args.grid is not None:

@@ -56,6 +56,7 @@ class _Progress:
         self.bar: Any = None
         self.first_bad: torch.Tensor | None = None
         self.counter: torch.Tensor | None = None
+        self.batch_steps = 0
 
     def __call__(self, pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         latents = kwargs.get("latents")
@@ -67,8 +68,11 @@ class _Progress:
             self.counter.add_(1)
             bad = ~torch.isfinite(latents).all()
             self.first_bad = torch.where(bad & (self.first_bad == 0), self.counter, self.first_bad)
+        self.batch_steps += 1
         if self.total == 0:
-            self.total = len(pipe.scheduler.timesteps) * self.batches
+            # _num_timesteps is what the loop runs (image-to-image runs the schedule's tail).
+            per_batch = getattr(pipe, "_num_timesteps", None) or len(pipe.scheduler.timesteps)
+            self.total = int(per_batch) * self.batches
             if self.show_bar:
                 from tqdm.auto import tqdm
 
@@ -123,6 +127,38 @@ def _encode(
     if do_cfg:
         out["negative_prompt_embeds"] = npe
     return out
+
+
+def _from_image(
+    img2img: Any,
+    embeds: dict[str, Any],
+    batch: list[int],
+    gens: list[torch.Generator],
+    params: ResolvedParams,
+    init_image: Any,
+    progress: _Progress,
+) -> torch.Tensor:
+    """Denoise ``batch`` starting from ``init_image`` noised to ``params.strength``."""
+    assert params.strength is not None
+    steps = params.steps
+    wanted = round(steps * params.strength)
+    # diffusers runs int(steps * strength) steps; aim half a step above the wanted count so
+    # that float rounding cannot lose one (0.6 * 30 is 17.999...).
+    strength = min(1.0, (wanted + 0.5) / steps)
+    out = img2img(
+        **_repeat(embeds, len(batch)),
+        image=[init_image] * len(batch),
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=params.guidance,
+        guidance_rescale=params.guidance_rescale,
+        generator=gens,
+        output_type="latent",
+        callback_on_step_end=progress,
+        return_dict=False,
+    )
+    latents: torch.Tensor = out[0]
+    return latents
 
 
 def image_seeds_from(first: int, offsets: list[int]) -> list[int]:
@@ -212,6 +248,8 @@ def run(
     vae_factor: int,
     callback: StepCallback | None,
     show_progress: bool,
+    init_image: Any = None,
+    img2img: Any = None,
 ) -> RunOutput:
     """Generate ``params.images`` images; see the module docstring for the guarantees."""
     device = torch.device(getattr(pipe, "_execution_device", plan.device))
@@ -233,8 +271,17 @@ def run(
         try:
             for batch in batches:
                 progress.first_bad = progress.counter = None  # steps count per batch
+                progress.batch_steps = 0
                 pipe.scheduler = build_scheduler(choice, scheduler_config, noise_seed=batch[0])
                 gens = generators(batch, noise_device)
+                if init_image is not None:
+                    img2img.scheduler = pipe.scheduler
+                    latents.append(
+                        _from_image(img2img, embeds, batch, gens, params, init_image, progress)
+                    )
+                    bad_steps.append((tuple(batch), progress.first_bad))
+                    steps_run = progress.batch_steps
+                    continue
                 if params.variation_seed is None:
                     noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
                 else:
@@ -263,7 +310,7 @@ def run(
                 )
                 latents.append(out[0])
                 bad_steps.append((tuple(batch), progress.first_bad))
-                steps_run = len(pipe.scheduler.timesteps)
+                steps_run = progress.batch_steps
         finally:
             progress.close()
         for batch_seeds, first_bad in bad_steps:  # one read per batch, after all the work

@@ -24,9 +24,10 @@ from inferkit.errors import (
 )
 from inferkit.generation import StepCallback, run
 from inferkit.hashing import files_sha256
+from inferkit.images import fingerprint, fit, to_rgb
 from inferkit.loaders import Components, LoadOptions, select_loader
 from inferkit.params import GenerationParams, ResolvedParams
-from inferkit.pipelines import build_pipeline, vae_scale_factor
+from inferkit.pipelines import build_img2img_pipeline, build_pipeline, vae_scale_factor
 from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
 from inferkit.prompts import token_count
 from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, image_record
@@ -92,6 +93,7 @@ class Model:
     ) -> None:
         """Wrap loaded parts; use :meth:`Model.load` rather than calling this directly."""
         self._policy = policy
+        self._img2img: Any = None
         self._components = components
         self._pipeline = pipeline
         self._plan = plan
@@ -304,7 +306,15 @@ class Model:
 
         """
         f = self._vae_factor
-        sizes = {"width": params.width or self._native, "height": params.height or self._native}
+        init = to_rgb(params.init_image) if params.init_image is not None else None
+        if init is not None and params.width is None and params.height is None:
+            init, _ = fit(init, None, None, f)
+            sizes = {"width": init.width, "height": init.height}
+        else:
+            sizes = {
+                "width": params.width or self._native,
+                "height": params.height or self._native,
+            }
         for name, value in sizes.items():
             if value % f:
                 raise InvalidParameterError(
@@ -317,6 +327,20 @@ class Model:
             choice = resolve_scheduler(params.scheduler, params.schedule)
         else:
             choice = self._default_scheduler
+        if init is not None:
+            if round(params.steps * params.strength) < 1:
+                raise InvalidParameterError(
+                    "strength",
+                    params.strength,
+                    f"leaves no step to run: round(steps * strength) is 0 with steps="
+                    f"{params.steps}; raise strength or steps",
+                )
+            if params.variation_strength > 0:
+                raise InvalidParameterError(
+                    "variation_strength",
+                    params.variation_strength,
+                    "is not supported with init_image yet; leave it at 0",
+                )
         seed = params.seed if params.seed is not None else draw_seed()
         variation_seed = params.variation_seed
         if variation_seed is None and params.variation_strength > 0:
@@ -346,6 +370,7 @@ class Model:
             variation_strength=float(params.variation_strength),
             prompt_tokens=self._tokens(params.prompt),
             negative_prompt_tokens=self._tokens(params.negative_prompt),
+            strength=float(params.strength) if init is not None else None,
         )
         return resolved, choice
 
@@ -394,18 +419,28 @@ class Model:
             kind = "SDXL refiner"
         if kind != "base":
             raise UnsupportedModelError(
-                f"{self._components.name!r} is a model of kind {kind!r}, which works on an "
-                "existing image; inferkit runs text-to-image only for now",
+                f"{self._components.name!r} is a model of kind {kind!r}, which needs its own "
+                "pipeline; inferkit runs text-to-image and image-to-image with base models only "
+                "for now",
                 source=self._components.source,
             )
         request = _make_params(prompt, params)
         resolved, choice = self.resolve(request)
+        init = None
+        init_note = None
+        if request.init_image is not None:
+            init, init_note = fit(
+                to_rgb(request.init_image), resolved.width, resolved.height, self._vae_factor
+            )
+            resolved = attrs.evolve(resolved, init_image_sha256=fingerprint(init))
         if callback is not None and not callable(callback):
             raise InvalidParameterError("callback", callback, "must be callable or None")
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with self._lock:
             self._check_open()
             notes = list(self._warnings(resolved))
+            if init_note is not None:
+                notes.append(init_note)
             tried: list[str] = []
             while True:
                 failure: torch.OutOfMemoryError | None = None
@@ -421,6 +456,8 @@ class Model:
                         vae_factor=self._vae_factor,
                         callback=callback,
                         show_progress=show,
+                        init_image=init,
+                        img2img=self._img2img_pipeline() if init is not None else None,
                     )
                     break
                 except torch.OutOfMemoryError as e:
@@ -480,6 +517,12 @@ class Model:
             ) from error
         tried.append(plan.memory[-1])
         self._plan = plan
+
+    def _img2img_pipeline(self) -> Any:
+        """Return the image-to-image pipeline over the same modules (built on first use)."""
+        if self._img2img is None:
+            self._img2img = build_img2img_pipeline(self._pipeline, self._components)
+        return self._img2img
 
     @property
     def load_warnings(self) -> tuple[str, ...]:

@@ -121,6 +121,11 @@ class GenerationParams:
         variation_strength: how far to move from the seed's noise towards the variation seed's,
             in ``[0, 1]``, by spherical interpolation: 0 is the seed's image, 1 the variation
             seed's, values between are nearby variations.
+        init_image: start from this image instead of pure noise (image-to-image): a PIL image,
+            a path, or an ``H x W x 3`` array. Without width and height, the image's own size
+            rounded down to the VAE factor is used.
+        strength: with ``init_image``, how much of it to repaint, in ``(0, 1]``: the run starts
+            ``round(steps * strength)`` steps from the end of the schedule and runs those.
 
     Example:
         >>> import inferkit
@@ -144,6 +149,8 @@ class GenerationParams:
     noise: NoiseSource = attrs.field(default="cpu", validator=_check_noise, kw_only=True)
     variation_seed: int | None = attrs.field(default=None, validator=_check_seed, kw_only=True)
     variation_strength: float = attrs.field(default=0.0, validator=_unit_float, kw_only=True)
+    init_image: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    strength: float = attrs.field(default=0.75, validator=_unit_float, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -181,6 +188,8 @@ class ResolvedParams:
     variation_strength: float = 0.0
     prompt_tokens: int = 0
     negative_prompt_tokens: int = 0
+    strength: float | None = None
+    init_image_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of every field."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from inferkit.loaders.base import Components
 
-__all__ = ["build_pipeline", "vae_scale_factor"]
+__all__ = ["build_img2img_pipeline", "build_pipeline", "vae_scale_factor"]
 
 
 def build_pipeline(components: Components, scheduler: Any) -> Any:
@@ -65,6 +65,46 @@ def build_pipeline(components: Components, scheduler: Any) -> Any:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_img2img_pipeline(pipeline: Any, components: Components) -> Any:
+    """Return an image-to-image pipeline sharing ``pipeline``'s modules (no copies).
+
+    Example:
+        >>> import inferkit
+        >>> m = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+        >>> type(build_img2img_pipeline(m.pipeline, m._components)).__name__
+        'StableDiffusionImg2ImgPipeline'
+
+    """
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    if components.architecture == "sdxl":
+        img2img: Any = StableDiffusionXLImg2ImgPipeline(
+            vae=pipeline.vae,
+            text_encoder=pipeline.text_encoder,
+            text_encoder_2=pipeline.text_encoder_2,
+            tokenizer=pipeline.tokenizer,
+            tokenizer_2=pipeline.tokenizer_2,
+            unet=pipeline.unet,
+            scheduler=pipeline.scheduler,
+            requires_aesthetics_score=False,
+            force_zeros_for_empty_prompt=bool(pipeline.config.force_zeros_for_empty_prompt),
+            add_watermarker=False,
+        )
+    else:
+        img2img = StableDiffusionImg2ImgPipeline(
+            vae=pipeline.vae,
+            text_encoder=pipeline.text_encoder,
+            tokenizer=pipeline.tokenizer,
+            unet=pipeline.unet,
+            scheduler=pipeline.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    img2img.set_progress_bar_config(disable=True)
+    return img2img
 
 
 def vae_scale_factor(vae: Any) -> int:

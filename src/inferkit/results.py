@@ -286,6 +286,7 @@ def image_record(
         "Seed": seed,
         "Size": f"{params.width}x{params.height}",
         **_variation_fields(params, index),
+        **({"Denoising strength": params.strength} if params.strength is not None else {}),
         "Model hash": model.hash,
         "Model": model.name,
         "Version": f"inferkit {version}",
