@@ -20,8 +20,9 @@ import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["file_sha256", "files_sha256"]
+__all__ = ["content_sha256", "file_sha256", "files_sha256", "git_blob_sha1"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _cache: dict[tuple[str, int, int], str] = {}
@@ -38,12 +39,26 @@ def file_sha256(path: Path) -> str:
     with _lock:  # held while hashing, so concurrent first uses hash a file once
         cached = _cache.get(key)
         if cached is None:
-            digest = hashlib.sha256()
-            with open(real, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            cached = _cache[key] = digest.hexdigest()
+            cached = _cache[key] = content_sha256(real)
     return cached
+
+
+def _stream(path: Path, digest: Any) -> str:
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return str(digest.hexdigest())
+
+
+def content_sha256(path: Path) -> str:
+    """Return the sha256 of a file's bytes, always reading them (no blob-name shortcut)."""
+    return _stream(path, hashlib.sha256())
+
+
+def git_blob_sha1(path: Path) -> str:
+    """Return git's blob id of a file: the sha1 of ``blob <size>``, a NUL byte, then its bytes."""
+    header = f"blob {path.stat().st_size}\0".encode()
+    return _stream(path, hashlib.sha1(header, usedforsecurity=False))
 
 
 def files_sha256(files: Iterable[Path]) -> str:

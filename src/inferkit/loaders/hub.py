@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
 
 from inferkit.errors import IntegrityError, ModelNotFoundError, OfflineError
+from inferkit.hashing import content_sha256, git_blob_sha1
 from inferkit.loaders.base import Components, LoadOptions
 from inferkit.loaders.folder import load_folder
 
@@ -74,22 +74,6 @@ class HubLoader:
         return load_folder(snapshot, source=source, options=options, loader=self.name, name=name)
 
 
-def _git_blob_sha1(path: Path) -> str:
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_snapshot(snapshot: Path, source: str) -> int:
     """Check every file of a cached snapshot against the hash its blob is named by.
 
@@ -103,9 +87,9 @@ def verify_snapshot(snapshot: Path, source: str) -> int:
         blob = link.resolve()
         name = blob.name
         if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
-            actual, kind = _sha256(blob), "sha256"
+            actual, kind = content_sha256(blob), "sha256"
         elif len(name) == 40 and all(c in "0123456789abcdef" for c in name):
-            actual, kind = _git_blob_sha1(blob), "git sha1"
+            actual, kind = git_blob_sha1(blob), "git sha1"
         else:
             raise IntegrityError(
                 f"{source!r}: cannot verify {link.relative_to(snapshot)}: it is not stored "

@@ -7,16 +7,17 @@ import os
 import shutil
 from pathlib import Path
 
+from inferkit.hashing import content_sha256, git_blob_sha1
+
 __all__ = ["write_hub_cache_entry"]
 
 _LFS_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".msgpack")
 
 
 def _blob_name(path: Path) -> str:
-    data = path.read_bytes()
     if path.name.endswith(_LFS_SUFFIXES):
-        return hashlib.sha256(data).hexdigest()  # LFS blobs are named by their sha256
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git blob id
+        return content_sha256(path)  # LFS blobs are named by their sha256
+    return git_blob_sha1(path)
 
 
 def write_hub_cache_entry(
