@@ -36,7 +36,7 @@ import torch
 
 from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
 
-__all__ = ["DTYPES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry", "write_file"]
+__all__ = ["DTYPES", "DTYPE_NAMES", "HEADER_LIMIT", "SafetensorsFile", "TensorEntry", "write_file"]
 
 HEADER_LIMIT = 25 * 1024 * 1024
 """Largest header accepted (bytes), as on the Hugging Face hub. Real checkpoints' headers are
@@ -59,6 +59,8 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn,
     "F8_E5M2": torch.float8_e5m2,
 }
+DTYPE_NAMES: dict[torch.dtype, str] = {dt: name for name, dt in DTYPES.items()}
+"""The safetensors name of each torch dtype inferkit reads and writes."""
 _SIZES = {name: torch.empty(0, dtype=dt).element_size() for name, dt in DTYPES.items()}
 
 
@@ -415,9 +417,8 @@ def write_file(
         ({'a': '1', 'b': '2'}, [1.0, 1.0])
 
     """
-    names = {dt: name for name, dt in DTYPES.items()}
     for name, tensor in tensors.items():
-        if tensor.dtype not in names:
+        if tensor.dtype not in DTYPE_NAMES:
             raise InvalidParameterError(
                 "tensors", name, f"has dtype {tensor.dtype}, which safetensors cannot store"
             )
@@ -430,7 +431,7 @@ def write_file(
         tensor = tensors[name]
         size = tensor.numel() * tensor.element_size()
         header[name] = {
-            "dtype": names[tensor.dtype],
+            "dtype": DTYPE_NAMES[tensor.dtype],
             "shape": list(tensor.shape),
             "data_offsets": [offset, offset + size],
         }

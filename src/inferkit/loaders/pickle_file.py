@@ -21,14 +21,12 @@ from typing import Any
 import torch
 
 from inferkit.errors import UnsupportedModelError
-from inferkit.safetensors_io import DTYPES, TensorEntry
+from inferkit.safetensors_io import DTYPE_NAMES, TensorEntry
 
 __all__ = ["MIN_TORCH", "PickleWeights", "torch_is_safe_for_pickles"]
 
 MIN_TORCH = (2, 10)
 """Oldest torch whose ``weights_only`` unpickler has the fixes inferkit relies on."""
-
-_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -111,10 +109,10 @@ class PickleWeights:
             ) from e
         self._tensors = _state_dict(loaded, self.path)
         self.tensors = {
-            name: TensorEntry(name, _NAMES.get(t.dtype, "F32"), tuple(t.shape), 0, 0)
+            name: TensorEntry(name, DTYPE_NAMES.get(t.dtype, "F32"), tuple(t.shape), 0, 0)
             for name, t in self._tensors.items()
         }
-        unknown = [n for n, t in self._tensors.items() if t.dtype not in _NAMES]
+        unknown = [n for n, t in self._tensors.items() if t.dtype not in DTYPE_NAMES]
         if unknown:
             raise UnsupportedModelError(
                 f"{self.path}: tensor {unknown[0]!r} has dtype {self._tensors[unknown[0]].dtype}, "
