@@ -68,7 +68,7 @@ def build_pipeline(components: Components, scheduler: Any) -> Any:
 
 
 def build_img2img_pipeline(pipeline: Any, components: Components) -> Any:
-    """Return an image-to-image pipeline sharing ``pipeline``'s modules (no copies).
+    """Return an image-to-image pipeline over ``pipeline``'s own modules (nothing is copied).
 
     Example:
         >>> import inferkit
@@ -81,27 +81,14 @@ def build_img2img_pipeline(pipeline: Any, components: Components) -> Any:
 
     if components.architecture == "sdxl":
         img2img: Any = StableDiffusionXLImg2ImgPipeline(
-            vae=pipeline.vae,
-            text_encoder=pipeline.text_encoder,
-            text_encoder_2=pipeline.text_encoder_2,
-            tokenizer=pipeline.tokenizer,
-            tokenizer_2=pipeline.tokenizer_2,
-            unet=pipeline.unet,
-            scheduler=pipeline.scheduler,
+            **pipeline.components,
             requires_aesthetics_score=False,
             force_zeros_for_empty_prompt=bool(pipeline.config.force_zeros_for_empty_prompt),
             add_watermarker=False,
         )
     else:
         img2img = StableDiffusionImg2ImgPipeline(
-            vae=pipeline.vae,
-            text_encoder=pipeline.text_encoder,
-            tokenizer=pipeline.tokenizer,
-            unet=pipeline.unet,
-            scheduler=pipeline.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **pipeline.components, requires_safety_checker=False
         )
     img2img.set_progress_bar_config(disable=True)
     return img2img
