@@ -129,6 +129,33 @@ def _encode(
     return out
 
 
+def _from_noise(
+    pipe: Any,
+    embeds: dict[str, Any],
+    batch: list[int],
+    gens: list[torch.Generator],
+    params: ResolvedParams,
+    noise: torch.Tensor,
+    progress: _Progress,
+) -> torch.Tensor:
+    """Denoise ``batch`` from ``noise`` (text-to-image)."""
+    out = pipe(
+        **_repeat(embeds, len(batch)),
+        num_inference_steps=params.steps,
+        guidance_scale=params.guidance,
+        guidance_rescale=params.guidance_rescale,
+        height=params.height,
+        width=params.width,
+        latents=noise,
+        generator=gens,
+        output_type="latent",
+        callback_on_step_end=progress,
+        return_dict=False,
+    )
+    latents: torch.Tensor = out[0]
+    return latents
+
+
 def _from_image(
     img2img: Any,
     embeds: dict[str, Any],
@@ -159,12 +186,6 @@ def _from_image(
     )
     latents: torch.Tensor = out[0]
     return latents
-
-
-def image_seeds_from(first: int, offsets: list[int]) -> list[int]:
-    """Return the variation seeds of the images at ``offsets`` (image ``i``: ``first + i``)."""
-    every = image_seeds(first, max(offsets) + 1)
-    return [every[i] for i in offsets]
 
 
 def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
@@ -255,7 +276,13 @@ def run(
     device = torch.device(getattr(pipe, "_execution_device", plan.device))
     seeds: Sequence[int] = params.seeds
     size = plan.max_batch if choice.sampler.batch_invariant else 1
-    batches = [list(seeds[i : i + size]) for i in range(0, len(seeds), size)]
+    variation = (
+        image_seeds(params.variation_seed, len(seeds)) if params.variation_seed is not None else ()
+    )
+    batches = [
+        (list(seeds[i : i + size]), list(variation[i : i + size]))
+        for i in range(0, len(seeds), size)
+    ]
     noise_device = "cpu" if params.noise == "cpu" else device
     shape = (latent_channels, params.height // vae_factor, params.width // vae_factor)
     progress = _Progress(len(batches), callback, show_progress)
@@ -269,46 +296,29 @@ def run(
         bad_steps: list[tuple[tuple[int, ...], torch.Tensor | None]] = []
         steps_run = 0
         try:
-            for batch in batches:
+            for batch, batch_variation in batches:
                 progress.first_bad = progress.counter = None  # steps count per batch
                 progress.batch_steps = 0
                 pipe.scheduler = build_scheduler(choice, scheduler_config, noise_seed=batch[0])
                 gens = generators(batch, noise_device)
                 if init_image is not None:
                     img2img.scheduler = pipe.scheduler
-                    latents.append(
-                        _from_image(img2img, embeds, batch, gens, params, init_image, progress)
-                    )
-                    bad_steps.append((tuple(batch), progress.first_bad))
-                    steps_run = progress.batch_steps
-                    continue
-                if params.variation_seed is None:
-                    noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
+                    out = _from_image(img2img, embeds, batch, gens, params, init_image, progress)
                 else:
-                    offsets = [seeds.index(s) for s in batch]
-                    noise = varied_noise(
-                        batch,
-                        image_seeds_from(params.variation_seed, offsets),
-                        params.variation_strength,
-                        shape,
-                        noise_device=noise_device,
-                        device=device,
-                        dtype=plan.dtype,
-                    )
-                out = pipe(
-                    **_repeat(embeds, len(batch)),
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance,
-                    guidance_rescale=params.guidance_rescale,
-                    height=params.height,
-                    width=params.width,
-                    latents=noise,
-                    generator=gens,
-                    output_type="latent",
-                    callback_on_step_end=progress,
-                    return_dict=False,
-                )
-                latents.append(out[0])
+                    if batch_variation:
+                        noise = varied_noise(
+                            batch,
+                            batch_variation,
+                            params.variation_strength,
+                            shape,
+                            noise_device=noise_device,
+                            device=device,
+                            dtype=plan.dtype,
+                        )
+                    else:
+                        noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
+                    out = _from_noise(pipe, embeds, batch, gens, params, noise, progress)
+                latents.append(out)
                 bad_steps.append((tuple(batch), progress.first_bad))
                 steps_run = progress.batch_steps
         finally:

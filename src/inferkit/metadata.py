@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from inferkit.errors import InvalidParameterError, ModelNotFoundError, UnsupportedModelError
+from inferkit.seeds import nth_seed
 
 __all__ = [
     "JSON_KEY",
@@ -206,7 +207,9 @@ def _from_record(record: Mapping[str, Any], infotext: str | None) -> ImageMetada
         steps=params.get("steps"),
         sampler=params.get("scheduler"),
         seed=record.get("seed"),
-        variation_seed=_own_variation_seed(params.get("variation_seed"), record.get("index")),
+        variation_seed=nth_seed(params["variation_seed"], record["index"])
+        if isinstance(params.get("variation_seed"), int) and isinstance(record.get("index"), int)
+        else None,
         variation_strength=params.get("variation_strength")
         if params.get("variation_seed") is not None
         else None,
@@ -218,13 +221,6 @@ def _from_record(record: Mapping[str, Any], infotext: str | None) -> ImageMetada
         record=record,
         infotext=infotext,
     )
-
-
-def _own_variation_seed(first: Any, index: Any) -> int | None:
-    """Return image ``index``'s variation seed, given the call's first one."""
-    if not isinstance(first, int) or not isinstance(index, int):
-        return None
-    return (first + index) % 2**64
 
 
 def read_metadata(path: str | os.PathLike[str]) -> ImageMetadata:

@@ -301,7 +301,7 @@ def _variation_fields(params: ResolvedParams, index: int) -> dict[str, Any]:
     """AUTOMATIC1111's infotext fields for a variation seed, when one was used."""
     if params.variation_seed is None:
         return {}
-    from inferkit.seeds import image_seeds
+    from inferkit.seeds import nth_seed
 
-    seed = image_seeds(params.variation_seed, index + 1)[index]
+    seed = nth_seed(params.variation_seed, index)
     return {"Variation seed": seed, "Variation seed strength": params.variation_strength}

@@ -19,7 +19,15 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["draw_seed", "generators", "image_seeds", "initial_noise", "slerp", "varied_noise"]
+__all__ = [
+    "draw_seed",
+    "generators",
+    "image_seeds",
+    "nth_seed",
+    "initial_noise",
+    "slerp",
+    "varied_noise",
+]
 
 _SEED_SPACE = 2**64
 
@@ -35,9 +43,20 @@ def draw_seed() -> int:
     return secrets.randbelow(2**32)
 
 
+def nth_seed(seed: int, index: int) -> int:
+    """Return the seed of image ``index`` of a call whose first seed is ``seed``.
+
+    Example:
+        >>> nth_seed(2**64 - 1, 1)
+        0
+
+    """
+    return (seed + index) % _SEED_SPACE
+
+
 def image_seeds(seed: int, count: int) -> tuple[int, ...]:
     """Return the seeds of ``count`` images starting at ``seed`` (wrapping at 2**64)."""
-    return tuple((seed + i) % _SEED_SPACE for i in range(count))
+    return tuple(nth_seed(seed, i) for i in range(count))
 
 
 def generators(seeds: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
