@@ -3,7 +3,7 @@
 Example:
     >>> import numpy as np
     >>> image = to_rgb(np.zeros((70, 90, 3), dtype=np.uint8))
-    >>> fitted, note = fit(image, None, None, 8)
+    >>> fitted, note = fit(image, None, 8)
     >>> fitted.size, note is not None
     ((88, 64), True)
 
@@ -60,27 +60,26 @@ def to_rgb(value: Any) -> Any:
     )
 
 
-def fit(image: Any, width: int | None, height: int | None, factor: int) -> tuple[Any, str | None]:
-    """Resize ``image`` to ``width`` x ``height``, or to its own size rounded down to ``factor``.
+def fit(image: Any, size: tuple[int, int] | None, factor: int) -> tuple[Any, str | None]:
+    """Resize ``image`` to ``size`` (width, height), or to its own size rounded down to ``factor``.
 
     Returns the image and a note when it was resized.
     """
     from PIL import Image
 
-    if width is None and height is None:
-        w = max(factor, image.width // factor * factor)
-        h = max(factor, image.height // factor * factor)
-    else:
-        w = width if width is not None else image.width * height // image.height // factor * factor
-        h = height if height is not None else image.height * w // image.width // factor * factor
-        w, h = max(factor, w), max(factor, h)
-    if (w, h) == image.size:
+    why = "to the requested width and height"
+    if size is None:
+        size = (
+            max(factor, image.width // factor * factor),
+            max(factor, image.height // factor * factor),
+        )
+        why = f"sizes must be multiples of {factor}"
+    if size == image.size:
         return image, None
     note = (
-        f"init_image was resized from {image.width}x{image.height} to {w}x{h} "
-        f"(sizes must be multiples of {factor})"
+        f"init_image was resized from {image.width}x{image.height} to {size[0]}x{size[1]} ({why})"
     )
-    return image.resize((w, h), Image.Resampling.LANCZOS), note
+    return image.resize(size, Image.Resampling.LANCZOS), note
 
 
 def fingerprint(image: Any) -> str:

@@ -305,10 +305,18 @@ class Model:
             (64, 'pndm')
 
         """
+        resolved, choice, _, _ = self._resolve(params)
+        return resolved, choice
+
+    def _resolve(
+        self, params: GenerationParams
+    ) -> tuple[ResolvedParams, SamplerChoice, Any, str | None]:
+        """Resolve ``params``; also return the init image fitted to the size, and a note."""
         f = self._vae_factor
-        init = to_rgb(params.init_image) if params.init_image is not None else None
-        if init is not None and params.width is None and params.height is None:
-            init, _ = fit(init, None, None, f)
+        original = to_rgb(params.init_image) if params.init_image is not None else None
+        init, note = None, None
+        if original is not None and params.width is None and params.height is None:
+            init, note = fit(original, None, f)
             sizes = {"width": init.width, "height": init.height}
         else:
             sizes = {
@@ -327,6 +335,8 @@ class Model:
             choice = resolve_scheduler(params.scheduler, params.schedule)
         else:
             choice = self._default_scheduler
+        if original is not None and init is None:
+            init, note = fit(original, (sizes["width"], sizes["height"]), f)
         if init is not None:
             if round(params.steps * params.strength) < 1:
                 raise InvalidParameterError(
@@ -371,8 +381,9 @@ class Model:
             prompt_tokens=self._tokens(params.prompt),
             negative_prompt_tokens=self._tokens(params.negative_prompt),
             strength=float(params.strength) if init is not None else None,
+            init_image_sha256=fingerprint(init) if init is not None else None,
         )
-        return resolved, choice
+        return resolved, choice, init, note
 
     def _tokens(self, text: str) -> int:
         modules = self._components.modules
@@ -425,14 +436,7 @@ class Model:
                 source=self._components.source,
             )
         request = _make_params(prompt, params)
-        resolved, choice = self.resolve(request)
-        init = None
-        init_note = None
-        if request.init_image is not None:
-            init, init_note = fit(
-                to_rgb(request.init_image), resolved.width, resolved.height, self._vae_factor
-            )
-            resolved = attrs.evolve(resolved, init_image_sha256=fingerprint(init))
+        resolved, choice, init, init_note = self._resolve(request)
         if callback is not None and not callable(callback):
             raise InvalidParameterError("callback", callback, "must be callable or None")
         show = sys.stderr.isatty() if progress is None else bool(progress)
