@@ -316,8 +316,9 @@ def _network(
             if key in f.tensors:
                 return key, "same"
             for new, old in _OLD_ATTENTION.items():
-                if new in key and key.replace(new, old) in f.tensors:
-                    return key.replace(new, old), _old_transform(f.tensors[key.replace(new, old)])
+                stored = key.replace(new, old)
+                if stored != key and stored in f.tensors:
+                    return stored, _old_transform(f.tensors[stored])
             return key, "same"
 
         used = fill(

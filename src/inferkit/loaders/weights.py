@@ -334,10 +334,10 @@ def fill(
         if warnings is None:
             raise UnsupportedModelError(text, source=source)
         warnings.append(text + "; they were set to zero (strict=False)")
-    for key in [*missing_keys(expected, state), *wrong]:
-        state[key] = torch.zeros(
-            expected[key].shape, dtype=_dtype_for(expected[key], dtype), device=device
-        )
+    for key in [*(k for k in expected if k not in state), *wrong]:
+        reference = expected[key]
+        kept = dtype if reference.is_floating_point() else reference.dtype
+        state[key] = torch.zeros(reference.shape, dtype=kept, device=device)
     module.load_state_dict(state, strict=True, assign=True)
     module.eval()
     module.requires_grad_(False)
@@ -377,14 +377,3 @@ def _read_all(
     if group:
         flush()
     return out
-
-
-def missing_keys(
-    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
-) -> list[str]:
-    """Return the module keys that ``state`` has no tensor for."""
-    return [key for key in expected if key not in state]
-
-
-def _dtype_for(reference: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
-    return dtype if reference.is_floating_point() else reference.dtype
