@@ -129,24 +129,25 @@ def _encode(
     return out
 
 
-def _from_noise(
-    pipe: Any,
+def _denoise(
+    pipeline: Any,
     embeds: dict[str, Any],
-    batch: list[int],
     gens: list[torch.Generator],
     params: ResolvedParams,
-    noise: torch.Tensor,
     progress: _Progress,
+    **start: Any,
 ) -> torch.Tensor:
-    """Denoise ``batch`` from ``noise`` (text-to-image)."""
-    out = pipe(
-        **_repeat(embeds, len(batch)),
+    """Run one batch (one generator per image) through ``pipeline``; return its latents.
+
+    ``start`` says where to begin: ``latents=noise`` (text-to-image) or ``image=`` and
+    ``strength=`` (image-to-image).
+    """
+    out = pipeline(
+        **_repeat(embeds, len(gens)),
+        **start,
         num_inference_steps=params.steps,
         guidance_scale=params.guidance,
         guidance_rescale=params.guidance_rescale,
-        height=params.height,
-        width=params.width,
-        latents=noise,
         generator=gens,
         output_type="latent",
         callback_on_step_end=progress,
@@ -156,36 +157,18 @@ def _from_noise(
     return latents
 
 
-def _from_image(
-    img2img: Any,
-    embeds: dict[str, Any],
-    batch: list[int],
-    gens: list[torch.Generator],
-    params: ResolvedParams,
-    init_image: Any,
-    progress: _Progress,
-) -> torch.Tensor:
-    """Denoise ``batch`` starting from ``init_image`` noised to ``params.strength``."""
-    assert params.strength is not None
-    steps = params.steps
-    wanted = round(steps * params.strength)
-    # diffusers runs int(steps * strength) steps; aim half a step above the wanted count so
-    # that float rounding cannot lose one (0.6 * 30 is 17.999...).
-    strength = min(1.0, (wanted + 0.5) / steps)
-    out = img2img(
-        **_repeat(embeds, len(batch)),
-        image=[init_image] * len(batch),
-        strength=strength,
-        num_inference_steps=steps,
-        guidance_scale=params.guidance,
-        guidance_rescale=params.guidance_rescale,
-        generator=gens,
-        output_type="latent",
-        callback_on_step_end=progress,
-        return_dict=False,
-    )
-    latents: torch.Tensor = out[0]
-    return latents
+def img2img_strength(steps: int, strength: float) -> float:
+    """Return the strength to give diffusers so that it runs ``round(steps * strength)`` steps.
+
+    diffusers runs ``int(steps * strength)`` steps; aiming half a step above the wanted count
+    means float rounding cannot lose one (``0.6 * 30`` is 17.999...).
+
+    Example:
+        >>> int(30 * img2img_strength(30, 0.6))
+        18
+
+    """
+    return min(1.0, (round(steps * strength) + 0.5) / steps)
 
 
 def _repeat(embeds: dict[str, Any], n: int) -> dict[str, Any]:
@@ -302,8 +285,17 @@ def run(
                 pipe.scheduler = build_scheduler(choice, scheduler_config, noise_seed=batch[0])
                 gens = generators(batch, noise_device)
                 if init_image is not None:
+                    assert params.strength is not None
                     img2img.scheduler = pipe.scheduler
-                    out = _from_image(img2img, embeds, batch, gens, params, init_image, progress)
+                    out = _denoise(
+                        img2img,
+                        embeds,
+                        gens,
+                        params,
+                        progress,
+                        image=[init_image] * len(batch),
+                        strength=img2img_strength(params.steps, params.strength),
+                    )
                 else:
                     if batch_variation:
                         noise = varied_noise(
@@ -317,7 +309,16 @@ def run(
                         )
                     else:
                         noise = initial_noise(gens, shape, device=device, dtype=plan.dtype)
-                    out = _from_noise(pipe, embeds, batch, gens, params, noise, progress)
+                    out = _denoise(
+                        pipe,
+                        embeds,
+                        gens,
+                        params,
+                        progress,
+                        latents=noise,
+                        height=params.height,
+                        width=params.width,
+                    )
                 latents.append(out)
                 bad_steps.append((tuple(batch), progress.first_bad))
                 steps_run = progress.batch_steps
