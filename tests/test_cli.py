@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import inferkit
 
 
@@ -114,25 +116,54 @@ def test_generate_blends_a_variation_seed_and_writes_a_sheet(
         assert img.size == (128, 64)
 
 
-def test_generate_starts_from_an_init_image(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def red_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    red = tmp_path_factory.mktemp("cli-red") / "red.png"
+    assert run(
+        "generate", "inferkit:shapes", "a red circle on a white background", "--steps", "20",
+        "--seed", "3", "-o", str(red),
+    ).returncode == 0  # fmt: skip
+    return red
+
+
+def test_generate_starts_from_an_init_image(tmp_path: Path, red_png: Path) -> None:
     """--init-image and --strength run image-to-image with the packaged model: a red circle
     asked to be blue comes back blue."""
     from PIL import Image
 
     from inferkit.zoo.shapes.checker import judge
 
-    red = tmp_path / "red.png"
     out = tmp_path / "blue.png"
-    assert run(
-        "generate", "inferkit:shapes", "a red circle on a white background", "--steps", "20",
-        "--seed", "3", "-o", str(red),
-    ).returncode == 0  # fmt: skip
     proc = run(
         "generate", "inferkit:shapes", "a blue circle on a white background", "--steps", "20",
-        "--seed", "3", "--init-image", str(red), "--strength", "0.8", "-o", str(out),
+        "--seed", "3", "--init-image", str(red_png), "--strength", "0.8", "-o", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as img:
         seen = judge(img)
     assert (seen.color, seen.shape) == ("blue", "circle")
     assert inferkit.read_metadata(out).record["params"]["denoising_steps"] == 16  # type: ignore[index]
+
+
+def test_generate_inpaints_with_a_mask(tmp_path: Path, red_png: Path) -> None:
+    """--mask repaints the white area only: the circle turns blue, the far corner stays as it
+    was, and the mask blur is recorded."""
+    import numpy as np
+    from PIL import Image
+
+    from inferkit.zoo.shapes.checker import judge
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 16, 48, 56))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "inpainted.png"
+    proc = run(
+        "generate", "inferkit:shapes", "a blue circle on a white background", "--steps", "20",
+        "--seed", "3", "--init-image", str(red_png), "--mask", str(tmp_path / "mask.png"),
+        "--mask-blur", "2", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as img, Image.open(red_png) as red:
+        assert judge(img).color == "blue"
+        assert np.array_equal(np.asarray(img)[:8, 56:], np.asarray(red)[:8, 56:])
+    assert inferkit.read_metadata(out).record["params"]["mask_blur"] == 2  # type: ignore[index]

@@ -158,3 +158,32 @@ def test_strength_and_init_image_are_recorded_in_the_png(
     assert meta.record is not None
     assert meta.record["params"]["strength"] == 0.5
     assert len(meta.record["params"]["init_image_sha256"]) == 64
+
+
+def test_the_sdxl_refiner_refines_an_init_image_as_diffusers_does(
+    models: dict[str, inferkit.Model], tiny_paths: dict[str, Path]
+) -> None:
+    """The refiner runs image-to-image on its own pipeline (one text encoder, aesthetic-score
+    conditioning); its pixels equal diffusers' with the same seed and step count."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+    from PIL import Image
+
+    refiner = models["sdxl_refiner"]
+    init = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    got = refiner.infer("a red circle", init_image=init, strength=0.3, steps=10, seed=5)
+    assert got.params.denoising_steps == 3
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_paths["sdxl_refiner"], torch_dtype=refiner.pipeline.unet.dtype
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = type(refiner.pipeline.scheduler).from_config(refiner.pipeline.scheduler.config)
+    want = pipe(
+        "a red circle",
+        image=init,
+        strength=0.35,  # diffusers runs int(10 * 0.35) = 3 steps
+        num_inference_steps=10,
+        guidance_scale=7.0,
+        generator=[torch.Generator().manual_seed(5)],
+    ).images[0]
+    assert np.array_equal(np.asarray(got.images[0].image), np.asarray(want))

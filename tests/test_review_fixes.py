@@ -36,9 +36,7 @@ def test_pickle_checkpoints_are_refused_without_unpickling(tmp_path: Path) -> No
     assert not marker.exists()
 
 
-def test_folder_inpainting_model_loads_and_refuses_text_to_image(
-    sd1_path: Path, tmp_path: Path
-) -> None:
+def test_folder_inpainting_model_loads_and_asks_for_a_mask(sd1_path: Path, tmp_path: Path) -> None:
     """A diffusers folder whose UNet takes 9 channels is an inpainting variant."""
     from diffusers import UNet2DConditionModel
 
@@ -49,8 +47,9 @@ def test_folder_inpainting_model_loads_and_refuses_text_to_image(
     unet.save_pretrained(copy / "unet", safe_serialization=True)
     model = inferkit.Model.load(copy)
     assert model.info.variant == "inpainting"
-    with pytest.raises(inferkit.UnsupportedModelError, match="inpainting"):
+    with pytest.raises(inferkit.InvalidParameterError, match="inpainting") as e:
         model.infer("a cat")
+    assert e.value.name == "mask"
 
 
 def test_damaged_single_file_layout_is_a_typed_error(

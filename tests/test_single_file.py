@@ -105,14 +105,15 @@ def test_refiner_loads_from_a_single_file_and_refuses_text_to_image(
     tiny_paths: dict[str, Path], single_files: dict[str, Path], models: dict[str, inferkit.Model]
 ) -> None:
     """An SDXL refiner file loads (one OpenCLIP encoder, aesthetic-score UNet) to the folder's
-    tensors; text-to-image on it is refused with an explanation."""
+    tensors; text-to-image on it is refused with an explanation (it refines an init image)."""
     folder = tiny_paths["sdxl_refiner"]
     model = inferkit.Model.load(single_files["sdxl_refiner"], tokenizer_2=folder / "tokenizer_2")
     assert model.info.architecture == "sdxl_refiner"
     assert "text_encoder" not in model.info.components
     assert_same_modules(model.pipeline, models["sdxl_refiner"].pipeline, networks("sdxl_refiner"))
-    with pytest.raises(inferkit.UnsupportedModelError, match="refiner"):
+    with pytest.raises(inferkit.InvalidParameterError, match="refiner") as e:
         model.infer("a cat")
+    assert e.value.name == "init_image"
 
 
 def test_sd2_files_carry_one_unused_text_layer(
@@ -186,7 +187,8 @@ def test_prediction_can_be_overridden(
 def test_inpainting_checkpoints_are_detected(
     single_files: dict[str, Path], tiny_paths: dict[str, Path], tmp_path: Path
 ) -> None:
-    """A 9-channel UNet input is an inpainting model: it loads, and txt2img says why it cannot."""
+    """A 9-channel UNet input is an inpainting model: it loads, and a call without a mask says
+    that it needs one."""
 
     def nine_channels(t: dict[str, torch.Tensor]) -> None:
         w = t["model.diffusion_model.input_blocks.0.0.weight"]
@@ -197,8 +199,9 @@ def test_inpainting_checkpoints_are_detected(
     model = inferkit.Model.load(out, tokenizer=tiny_paths["sd1"] / "tokenizer")
     assert model.info.variant == "inpainting"
     assert model.pipeline.unet.config.in_channels == 9
-    with pytest.raises(inferkit.UnsupportedModelError, match="inpainting"):
+    with pytest.raises(inferkit.InvalidParameterError, match="inpainting") as e:
         model.infer("a cat")
+    assert e.value.name == "mask"
 
 
 def test_stored_dtype_is_reported_and_converted(

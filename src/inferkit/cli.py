@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--strength", type=float, default=0.75, help="with --init-image: how much to repaint"
     )
+    gen.add_argument(
+        "--mask", default=None, help="with --init-image: repaint only where this image is white"
+    )
+    gen.add_argument(
+        "--mask-blur", type=int, default=4, help="with --mask: blur of the seam, in pixels"
+    )
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -120,6 +126,8 @@ def _generate(args: argparse.Namespace) -> int:
         variation_strength=args.variation_strength,
         init_image=args.init_image,
         strength=args.strength,
+        mask=args.mask,
+        mask_blur=args.mask_blur,
     )
     paths = _outputs(args.output, params.images)
     if args.grid is not None:

@@ -15,6 +15,7 @@ import attrs
 import torch
 
 from inferkit.errors import InferenceCancelled, NumericalError
+from inferkit.images import paste_unmasked
 from inferkit.params import ResolvedParams
 from inferkit.policy import ExecutionPlan
 from inferkit.prompts import encode_long, needs_chunks
@@ -110,7 +111,7 @@ def _encode(
             pipe, architecture, params.prompt, params.negative_prompt, device, do_cfg
         )
     negative = params.negative_prompt or None
-    if architecture == "sdxl":
+    if architecture.startswith("sdxl"):
         pe, npe, ppe, nppe = pipe.encode_prompt(
             prompt=params.prompt,
             device=device,
@@ -139,15 +140,16 @@ def _denoise(
 ) -> torch.Tensor:
     """Run one batch (one generator per image) through ``pipeline``; return its latents.
 
-    ``start`` says where to begin: ``latents=noise`` (text-to-image) or ``image=`` and
-    ``strength=`` (image-to-image).
+    ``start`` says where to begin: ``latents=noise`` (text-to-image), ``image=`` and
+    ``strength=`` (image-to-image), plus ``mask_image=`` (inpainting).
     """
+    if params.guidance_rescale:
+        start["guidance_rescale"] = params.guidance_rescale
     out = pipeline(
         **_repeat(embeds, len(gens)),
         **start,
         num_inference_steps=params.steps,
         guidance_scale=params.guidance,
-        guidance_rescale=params.guidance_rescale,
         generator=gens,
         output_type="latent",
         callback_on_step_end=progress,
@@ -253,9 +255,14 @@ def run(
     callback: StepCallback | None,
     show_progress: bool,
     init_image: Any = None,
+    mask: Any = None,
     img2img: Any = None,
 ) -> RunOutput:
-    """Generate ``params.images`` images; see the module docstring for the guarantees."""
+    """Generate ``params.images`` images; see the module docstring for the guarantees.
+
+    With ``init_image``, ``img2img`` is the pipeline that starts from it: image-to-image, or
+    inpainting when ``mask`` is given.
+    """
     device = torch.device(getattr(pipe, "_execution_device", plan.device))
     seeds: Sequence[int] = params.seeds
     size = plan.max_batch if choice.sampler.batch_invariant else 1
@@ -287,6 +294,15 @@ def run(
                 if init_image is not None:
                     assert params.strength is not None
                     img2img.scheduler = pipe.scheduler
+                    masked = (
+                        {
+                            "mask_image": [mask] * len(batch),
+                            "height": params.height,
+                            "width": params.width,
+                        }
+                        if mask is not None
+                        else {}
+                    )
                     out = _denoise(
                         img2img,
                         embeds,
@@ -295,6 +311,7 @@ def run(
                         progress,
                         image=[init_image] * len(batch),
                         strength=img2img_strength(params.steps, params.strength),
+                        **masked,
                     )
                 else:
                     if batch_variation:
@@ -330,6 +347,9 @@ def run(
         _sync(device)
         denoised = time.perf_counter()
         images = decode(pipe, torch.cat(latents), plan.vae_dtype, notes)
+        if mask is not None and params.keep_unmasked:
+            blur = params.mask_blur or 0
+            images = [paste_unmasked(image, init_image, mask, blur) for image in images]
         _sync(device)
         decoded = time.perf_counter()
     timings = Timings(

@@ -24,10 +24,15 @@ from inferkit.errors import (
 )
 from inferkit.generation import StepCallback, run
 from inferkit.hashing import files_sha256
-from inferkit.images import fingerprint, fit, to_rgb
+from inferkit.images import fingerprint, fit, fit_mask, to_mask, to_rgb
 from inferkit.loaders import Components, LoadOptions, select_loader
 from inferkit.params import GenerationParams, ResolvedParams
-from inferkit.pipelines import build_img2img_pipeline, build_pipeline, vae_scale_factor
+from inferkit.pipelines import (
+    build_img2img_pipeline,
+    build_inpaint_pipeline,
+    build_pipeline,
+    vae_scale_factor,
+)
 from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
 from inferkit.prompts import token_count
 from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, image_record
@@ -94,6 +99,7 @@ class Model:
         """Wrap loaded parts; use :meth:`Model.load` rather than calling this directly."""
         self._policy = policy
         self._img2img: Any = None
+        self._inpaint: Any = None
         self._components = components
         self._pipeline = pipeline
         self._plan = plan
@@ -305,15 +311,15 @@ class Model:
             (64, 'pndm')
 
         """
-        resolved, choice, _, _ = self._resolve(params)
+        resolved, choice, _ = self._resolve(params)
         return resolved, choice
 
-    def _resolve(
-        self, params: GenerationParams
-    ) -> tuple[ResolvedParams, SamplerChoice, Any, str | None]:
-        """Resolve ``params``; also return the init image fitted to the size, and a note."""
+    def _resolve(self, params: GenerationParams) -> tuple[ResolvedParams, SamplerChoice, _Start]:
+        """Resolve ``params``; also return the init image and mask fitted to the size."""
         f = self._vae_factor
         original = to_rgb(params.init_image) if params.init_image is not None else None
+        self._check_kind(params, original is not None)
+        mask = to_mask(params.mask) if params.mask is not None else None
         init, note = None, None
         if original is not None and params.width is None and params.height is None:
             init, note = fit(original, None, f)
@@ -351,6 +357,16 @@ class Model:
                     params.variation_strength,
                     "is not supported with init_image yet; leave it at 0",
                 )
+        if mask is not None:
+            assert original is not None and init is not None  # _check_kind ensured it
+            mask = fit_mask(mask, original.size, init.size)
+            if params.guidance_rescale > 0 and self._components.architecture != "sdxl":
+                raise InvalidParameterError(
+                    "guidance_rescale",
+                    params.guidance_rescale,
+                    "is not supported when inpainting SD 1.x/2.x models (diffusers' inpainting "
+                    "pipeline has no rescale); leave it at 0",
+                )
         seed = params.seed if params.seed is not None else draw_seed()
         variation_seed = params.variation_seed
         if variation_seed is None and params.variation_strength > 0:
@@ -382,8 +398,48 @@ class Model:
             negative_prompt_tokens=self._tokens(params.negative_prompt),
             strength=float(params.strength) if init is not None else None,
             init_image_sha256=fingerprint(init) if init is not None else None,
+            mask_sha256=fingerprint(mask) if mask is not None else None,
+            mask_blur=params.mask_blur if mask is not None else None,
+            keep_unmasked=params.keep_unmasked if mask is not None else None,
         )
-        return resolved, choice, init, note
+        return resolved, choice, _Start(init, mask, note)
+
+    def _check_kind(self, params: GenerationParams, has_init: bool) -> None:
+        """Refuse a call this kind of model cannot run, saying what it needs instead."""
+        c = self._components
+        if params.mask is not None and not has_init:
+            raise InvalidParameterError(
+                "mask", "a mask", "needs init_image= too: the image whose masked area to repaint"
+            )
+        if c.architecture == "sdxl_refiner":
+            if not has_init:
+                raise InvalidParameterError(
+                    "init_image",
+                    None,
+                    f"must be an image: {c.name!r} is an SDXL refiner, which refines an image "
+                    "(pass init_image= and a strength such as 0.3) rather than making one from "
+                    "noise",
+                )
+            if params.mask is not None:
+                raise InvalidParameterError(
+                    "mask", "a mask", f"is not supported with the SDXL refiner {c.name!r}"
+                )
+            return
+        if c.variant == "inpainting":
+            if params.mask is None:
+                raise InvalidParameterError(
+                    "mask",
+                    None,
+                    f"must be a mask: {c.name!r} is an inpainting checkpoint (9-channel UNet), "
+                    "which repaints the masked area of an image; pass init_image= and mask=",
+                )
+            return
+        if c.variant != "base":
+            raise UnsupportedModelError(
+                f"{c.name!r} is a model of kind {c.variant!r}, which needs its own pipeline; "
+                "inferkit runs base, inpainting and SDXL refiner models",
+                source=c.source,
+            )
 
     def _tokens(self, text: str) -> int:
         modules = self._components.modules
@@ -425,26 +481,16 @@ class Model:
             ((3, 4), 'Euler a')
 
         """
-        kind = self._components.variant
-        if self._components.architecture == "sdxl_refiner":
-            kind = "SDXL refiner"
-        if kind != "base":
-            raise UnsupportedModelError(
-                f"{self._components.name!r} is a model of kind {kind!r}, which needs its own "
-                "pipeline; inferkit runs text-to-image and image-to-image with base models only "
-                "for now",
-                source=self._components.source,
-            )
         request = _make_params(prompt, params)
-        resolved, choice, init, init_note = self._resolve(request)
+        resolved, choice, start = self._resolve(request)
         if callback is not None and not callable(callback):
             raise InvalidParameterError("callback", callback, "must be callable or None")
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with self._lock:
             self._check_open()
             notes = list(self._warnings(resolved))
-            if init_note is not None:
-                notes.append(init_note)
+            if start.note is not None:
+                notes.append(start.note)
             tried: list[str] = []
             while True:
                 failure: torch.OutOfMemoryError | None = None
@@ -460,8 +506,9 @@ class Model:
                         vae_factor=self._vae_factor,
                         callback=callback,
                         show_progress=show,
-                        init_image=init,
-                        img2img=self._img2img_pipeline() if init is not None else None,
+                        init_image=start.init,
+                        mask=start.mask,
+                        img2img=self._start_pipeline(start),
                     )
                     break
                 except torch.OutOfMemoryError as e:
@@ -522,8 +569,20 @@ class Model:
         tried.append(plan.memory[-1])
         self._plan = plan
 
-    def _img2img_pipeline(self) -> Any:
-        """Return the image-to-image pipeline over the same modules (built on first use)."""
+    def _start_pipeline(self, start: _Start) -> Any:
+        """Return the pipeline that starts from ``start``'s image, over the same modules.
+
+        Image-to-image and inpainting pipelines are built on first use; the SDXL refiner's own
+        pipeline is already an image-to-image one.
+        """
+        if start.init is None:
+            return None
+        if start.mask is not None:
+            if self._inpaint is None:
+                self._inpaint = build_inpaint_pipeline(self._pipeline, self._components)
+            return self._inpaint
+        if self._components.architecture == "sdxl_refiner":
+            return self._pipeline
         if self._img2img is None:
             self._img2img = build_img2img_pipeline(self._pipeline, self._components)
         return self._img2img
@@ -584,6 +643,15 @@ class Model:
             f"<inferkit.Model {c.name!r} {c.architecture} on {self._plan.device} "
             f"{self._plan.dtype_name}{state}>"
         )
+
+
+@attrs.frozen
+class _Start:
+    """What a run starts from besides noise: an init image, a mask, and a note on resizing."""
+
+    init: Any = None
+    mask: Any = None
+    note: str | None = None
 
 
 def _replace_vae(

@@ -73,6 +73,16 @@ def _unit_float(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
         raise InvalidParameterError(attribute.name, value, "must be a number in [0, 1]")
 
 
+def _non_negative_int(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not _is_int(value) or value < 0:  # type: ignore[operator]
+        raise InvalidParameterError(attribute.name, value, "must be an integer >= 0")
+
+
+def _check_bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidParameterError(attribute.name, value, "must be True or False")
+
+
 def _check_scheduler(instance: GenerationParams, _: attrs.Attribute[Any], value: object) -> None:
     if instance.schedule is not None and not isinstance(instance.schedule, str):
         raise InvalidParameterError("schedule", instance.schedule, "must be a schedule name")
@@ -126,6 +136,16 @@ class GenerationParams:
             rounded down to the VAE factor is used.
         strength: with ``init_image``, how much of it to repaint, in ``(0, 1]``: the run starts
             ``round(steps * strength)`` steps from the end of the schedule and runs those.
+        mask: with ``init_image``, repaint only where the mask is white (inpainting): a PIL
+            image (transparent pixels of an RGBA image count as white), a path, or an
+            ``H x W`` array (``True``, ``255`` or ``1.0`` = repaint), the init image's size.
+            Inpainting checkpoints (9-channel UNets) see the mask; other checkpoints keep the
+            unmasked area by blending it back into the latents at every step.
+        mask_blur: with ``mask``, blur the mask's edge by this many pixels when the unmasked
+            pixels are put back, so the seam fades (AUTOMATIC1111's default, 4).
+        keep_unmasked: with ``mask``, put the init image's own pixels back outside the mask
+            (as AUTOMATIC1111 does); ``False`` keeps the decoded pixels there, which differ
+            slightly from the input through the VAE.
 
     Example:
         >>> import inferkit
@@ -151,6 +171,9 @@ class GenerationParams:
     variation_strength: float = attrs.field(default=0.0, validator=_unit_float, kw_only=True)
     init_image: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
     strength: float = attrs.field(default=0.75, validator=_unit_float, kw_only=True)
+    mask: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
+    mask_blur: int = attrs.field(default=4, validator=_non_negative_int, kw_only=True)
+    keep_unmasked: bool = attrs.field(default=True, validator=_check_bool, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -190,6 +213,9 @@ class ResolvedParams:
     negative_prompt_tokens: int = 0
     strength: float | None = None
     init_image_sha256: str | None = None
+    mask_sha256: str | None = None
+    mask_blur: int | None = None
+    keep_unmasked: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of every field."""

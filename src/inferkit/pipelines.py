@@ -6,7 +6,12 @@ from typing import Any
 
 from inferkit.loaders.base import Components
 
-__all__ = ["build_img2img_pipeline", "build_pipeline", "vae_scale_factor"]
+__all__ = [
+    "build_img2img_pipeline",
+    "build_inpaint_pipeline",
+    "build_pipeline",
+    "vae_scale_factor",
+]
 
 
 def build_pipeline(components: Components, scheduler: Any) -> Any:
@@ -92,6 +97,37 @@ def build_img2img_pipeline(pipeline: Any, components: Components) -> Any:
         )
     img2img.set_progress_bar_config(disable=True)
     return img2img
+
+
+def build_inpaint_pipeline(pipeline: Any, components: Components) -> Any:
+    """Return an inpainting pipeline over ``pipeline``'s own modules (nothing is copied).
+
+    diffusers' inpainting pipelines serve both kinds of checkpoint: a 9-channel UNet gets the
+    mask and the masked image as input; a 4-channel one has the unmasked area blended back
+    into its latents after every step.
+
+    Example:
+        >>> import inferkit
+        >>> m = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+        >>> type(build_inpaint_pipeline(m.pipeline, m._components)).__name__
+        'StableDiffusionInpaintPipeline'
+
+    """
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    if components.architecture == "sdxl":
+        inpaint: Any = StableDiffusionXLInpaintPipeline(
+            **pipeline.components,
+            requires_aesthetics_score=False,
+            force_zeros_for_empty_prompt=bool(pipeline.config.force_zeros_for_empty_prompt),
+            add_watermarker=False,
+        )
+    else:
+        inpaint = StableDiffusionInpaintPipeline(
+            **pipeline.components, requires_safety_checker=False
+        )
+    inpaint.set_progress_bar_config(disable=True)
+    return inpaint
 
 
 def vae_scale_factor(vae: Any) -> int:

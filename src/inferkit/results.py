@@ -287,6 +287,7 @@ def image_record(
         "Size": f"{params.width}x{params.height}",
         **_variation_fields(params, index),
         **({"Denoising strength": params.strength} if params.strength is not None else {}),
+        **({"Mask blur": params.mask_blur} if params.mask_blur is not None else {}),
         "Model hash": model.hash,
         "Model": model.name,
         "Version": f"inferkit {version}",

@@ -66,12 +66,13 @@ def _vae(*, force_upcast: bool) -> Any:
     )
 
 
-def _unet(architecture: Architecture) -> Any:
+def _unet(architecture: Architecture, inpainting: bool = False) -> Any:
     from diffusers import UNet2DConditionModel
 
     common: dict[str, Any] = {
         "sample_size": 8,
-        "in_channels": 4,
+        # Inpainting UNets also see the mask (1) and the masked image's latents (4).
+        "in_channels": 9 if inpainting else 4,
         "out_channels": 4,
         "layers_per_block": 1,
         "block_out_channels": (32, 64) if architecture == "sd1" else (64, 128),
@@ -122,7 +123,11 @@ def _spread_weights(module: torch.nn.Module, generator: torch.Generator) -> None
 
 
 def write_tiny_model(
-    path: str | os.PathLike[str], architecture: str = "sd1", *, seed: int = 0
+    path: str | os.PathLike[str],
+    architecture: str = "sd1",
+    *,
+    seed: int = 0,
+    inpainting: bool = False,
 ) -> Path:
     """Write a tiny random-weight model in diffusers folder format and return its path.
 
@@ -132,6 +137,8 @@ def write_tiny_model(
             style text encoder), ``"sdxl"`` (two text encoders, size/crop conditioning) or
             ``"sdxl_refiner"`` (second encoder only, aesthetic-score conditioning).
         seed: seed of the weights; the same seed writes the same weights.
+        inpainting: write an inpainting variant (a 9-channel UNet input: noise, mask and
+            masked image), as the ``*-inpainting`` checkpoints are.
 
     Example:
         >>> import inferkit.testing, tempfile
@@ -158,6 +165,10 @@ def write_tiny_model(
             "architecture", architecture, f"must be one of {', '.join(ARCHITECTURES)}"
         )
     arch: Architecture = architecture  # type: ignore[assignment]
+    if inpainting and arch == "sdxl_refiner":
+        from inferkit.errors import InvalidParameterError
+
+        raise InvalidParameterError("inpainting", inpainting, "has no SDXL refiner variant")
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
@@ -170,7 +181,7 @@ def write_tiny_model(
             pad_token="!" if arch == "sd2" else "<|endoftext|>",
         )
         tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-        unet = _unet(arch)
+        unet = _unet(arch, inpainting)
         vae = _vae(force_upcast=arch.startswith("sdxl"))
         act = "gelu" if arch == "sd2" else "quick_gelu"
         text_encoder = _text_encoder(vocab_size, act=act, projection=False)
@@ -242,12 +253,25 @@ def write_tiny_model(
                 scheduler=scheduler,
                 force_zeros_for_empty_prompt=True,
             )
+        if inpainting:
+            pipe = _as_inpainting(pipe, arch)
         with quiet_libraries():
             pipe.save_pretrained(root, safe_serialization=True)
     for leftover in tok_dir.iterdir():
         leftover.unlink()
     tok_dir.rmdir()
     return root
+
+
+def _as_inpainting(pipe: Any, arch: Architecture) -> Any:
+    """Return the same modules under the family's inpainting pipeline class."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+
+    if arch == "sdxl":
+        return StableDiffusionXLInpaintPipeline(
+            **pipe.components, requires_aesthetics_score=False, force_zeros_for_empty_prompt=True
+        )
+    return StableDiffusionInpaintPipeline(**pipe.components, requires_safety_checker=False)
 
 
 _cache_lock = threading.Lock()
