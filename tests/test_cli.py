@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import inferkit
 
@@ -167,3 +169,56 @@ def test_generate_inpaints_with_a_mask(tmp_path: Path, red_png: Path) -> None:
         assert judge(img).color == "blue"
         assert np.array_equal(np.asarray(img)[:8, 56:], np.asarray(red)[:8, 56:])
     assert inferkit.read_metadata(out).record["params"]["mask_blur"] == 2  # type: ignore[index]
+
+
+def test_generate_applies_loras_with_scales(tmp_path: Path) -> None:
+    """--lora PATH:SCALE (repeatable) gives the pixels of with_lora in Python and records the
+    adapter; a LoRA for another family fails with the LoraError message and exit code 2."""
+    import numpy as np
+    from PIL import Image
+
+    shapes = inferkit.Model.load("inferkit:shapes", device="cpu")
+    lora = inferkit.testing.write_lora(tmp_path, shapes, "kohya", seed=4)
+    out = tmp_path / "styled.png"
+    proc = run(
+        "generate", "inferkit:shapes", "a red circle on a white background", "--steps", "6",
+        "--seed", "3", "--lora", f"{lora}:0.5", "-o", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    want = shapes.with_lora(lora, 0.5).infer(
+        "a red circle on a white background", steps=6, seed=3, progress=False
+    )
+    with Image.open(out) as img:
+        assert np.array_equal(np.asarray(img), np.asarray(want.images[0].image))
+    record = inferkit.read_metadata(out).record
+    assert record is not None and record["params"]["loras"][0]["scale"] == 0.5
+    foreign = inferkit.testing.write_lora(
+        tmp_path / "sdxl", inferkit.Model.load(inferkit.testing.tiny_model_path("sdxl")), "peft"
+    )
+    bad = run("generate", "inferkit:shapes", "x", "--steps", "1", "--lora", str(foreign))
+    assert bad.returncode == 2
+    assert "another model family" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(min_size=1, max_size=20).filter(lambda p: p.strip() == p and p[-1] != ":"),
+    st.one_of(st.none(), st.floats(-4, 4, allow_nan=False)),
+)
+def test_lora_arguments_split_path_and_scale(path: str, scale: float | None) -> None:
+    """PATH:SCALE splits at the last colon only when a number follows it; otherwise the whole
+    text is the path (Windows drive letters and colons in names survive) at scale 1."""
+    from inferkit.cli import _lora
+
+    text = path if scale is None else f"{path}:{scale!r}"
+    got_path, got_scale = _lora(text)
+    if scale is not None:
+        assert (got_path, got_scale) == (path, scale)
+    else:
+        try:
+            float(path.rpartition(":")[2])
+            numeric_tail = ":" in path
+        except ValueError:
+            numeric_tail = False
+        if not numeric_tail:
+            assert (got_path, got_scale) == (path, 1.0)

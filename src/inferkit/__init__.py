@@ -21,6 +21,7 @@ from inferkit.errors import (
     InferkitError,
     IntegrityError,
     InvalidParameterError,
+    LoraError,
     ModelClosedError,
     ModelNotFoundError,
     NumericalError,
@@ -38,6 +39,7 @@ from inferkit.loaders import (
     unregister_loader,
 )
 from inferkit.loaders.single_file import CheckpointInfo, inspect_file
+from inferkit.lora import LoraInfo
 from inferkit.metadata import ImageMetadata, read_metadata
 from inferkit.model import Model
 from inferkit.params import GenerationParams, ResolvedParams
@@ -73,6 +75,8 @@ __all__ = [
     "IntegrityError",
     "InvalidParameterError",
     "LoadOptions",
+    "LoraError",
+    "LoraInfo",
     "Loader",
     "Model",
     "ModelClosedError",

@@ -36,6 +36,17 @@ def _size(text: str) -> tuple[int, int]:
     raise argparse.ArgumentTypeError(f"{text!r} is not a size; use WIDTHxHEIGHT (768x512) or N")
 
 
+def _lora(text: str) -> tuple[str, float]:
+    """Split ``PATH[:SCALE]``; a path with colons (a drive letter) keeps them without a scale."""
+    path, sep, tail = text.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
 def _parser() -> argparse.ArgumentParser:
     from inferkit import __version__
 
@@ -75,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--mask-blur", type=int, default=4, help="with --mask: blur of the seam, in pixels"
+    )
+    gen.add_argument(
+        "--lora",
+        action="append",
+        type=_lora,
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="apply a LoRA file (scale 1 unless given); repeat to stack several",
     )
     gen.add_argument("--device", default="auto")
     gen.add_argument("--dtype", default="auto")
@@ -143,7 +162,10 @@ def _generate(args: argparse.Namespace) -> int:
         if v is not None
     }
     with Model.load(args.model, device=args.device, dtype=args.dtype, **options) as model:
-        result = model.infer(params, progress=not args.quiet and sys.stderr.isatty())
+        styled = model
+        for path, scale in args.lora:
+            styled = styled.with_lora(path, scale)
+        result = styled.infer(params, progress=not args.quiet and sys.stderr.isatty())
     for image, path in zip(result.images, paths, strict=True):
         image.save(path)
         print(f"{path}  seed={image.seed}")

@@ -8,6 +8,7 @@ exception a caller would naturally catch, so ``except FileNotFoundError`` keeps 
     │   └── OfflineError        (+ ConnectionError)    needs a download, but we are offline
     ├── UnsupportedModelError   (+ ValueError)         exists, but is not a model we run
     │   └── IntegrityError                             a cached file's bytes fail its hash
+    ├── LoraError               (+ ValueError)         a LoRA file does not fit this model
     ├── InvalidParameterError   (+ ValueError)         an argument is out of range
     │   └── UnknownSchedulerError (+ KeyError)         no sampler has this name
     ├── DeviceUnavailableError  (+ RuntimeError)       device or dtype unusable here
@@ -40,6 +41,7 @@ __all__ = [
     "InferkitError",
     "IntegrityError",
     "InvalidParameterError",
+    "LoraError",
     "ModelClosedError",
     "ModelNotFoundError",
     "NumericalError",
@@ -113,6 +115,27 @@ class UnsupportedModelError(InferkitError, ValueError):
     def __init__(self, message: str, *, source: str) -> None:
         super().__init__(message)
         self.source = source
+
+
+class LoraError(InferkitError, ValueError):
+    """A LoRA file cannot be applied to this model.
+
+    It matches none of the model's layers (a LoRA for another family, or not a LoRA), fits them
+    with the wrong shapes, is incomplete, or is of a kind inferkit cannot merge (DoRA).
+
+    Attributes:
+        path: the LoRA file.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.LoraError, ValueError)
+        True
+
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class IntegrityError(UnsupportedModelError):

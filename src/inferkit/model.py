@@ -26,6 +26,7 @@ from inferkit.generation import StepCallback, run
 from inferkit.hashing import files_sha256
 from inferkit.images import fingerprint, fit, fit_mask, to_mask, to_rgb
 from inferkit.loaders import Components, LoadOptions, select_loader
+from inferkit.lora import LoraAdapter, LoraInfo, LoraPatcher, read_lora
 from inferkit.params import GenerationParams, ResolvedParams
 from inferkit.pipelines import (
     build_img2img_pipeline,
@@ -97,16 +98,10 @@ class Model:
         policy: Policy | None = None,
     ) -> None:
         """Wrap loaded parts; use :meth:`Model.load` rather than calling this directly."""
-        self._policy = policy
-        self._img2img: Any = None
-        self._inpaint: Any = None
-        self._components = components
-        self._pipeline = pipeline
-        self._plan = plan
-        self._default_scheduler = default_scheduler
-        self._lock = threading.RLock()
-        self._closed = False
-        self._sha256: str | None = None
+        self._s = _Shared(components, pipeline, plan, default_scheduler, policy)
+        self._loras: tuple[LoraAdapter, ...] = ()
+        self._root = True
+        self._view_closed = False
         unet = components.modules["unet"]
         vae = components.modules["vae"]
         self._vae_factor = vae_scale_factor(vae)
@@ -232,35 +227,41 @@ class Model:
 
     @property
     def pipeline(self) -> Any:
-        """The underlying diffusers pipeline (an escape hatch; inferkit may replace it)."""
-        self._check_open()
-        return self._pipeline
+        """The underlying diffusers pipeline (an escape hatch; inferkit may replace it).
+
+        A model and its LoRA views share one pipeline; asking for it merges this view's
+        adapters (or puts the base weights back), so its weights are this model's.
+        """
+        with self._s.lock:
+            self._check_open()
+            self._s.patcher.activate(self._s.components.modules, self._loras)
+            return self._s.pipeline
 
     @property
     def plan(self) -> ExecutionPlan:
         """The policy's decisions for this model."""
-        return self._plan
+        return self._s.plan
 
     @property
     def sha256(self) -> str:
         """The sha256 of the model's files (computed on first use, then remembered)."""
-        with self._lock:
-            if self._sha256 is None:
-                files = self._components.files
+        with self._s.lock:
+            if self._s.sha256 is None:
+                files = self._s.components.files
                 try:
-                    self._sha256 = files_sha256(files) if files else "0" * 64
+                    self._s.sha256 = files_sha256(files) if files else "0" * 64
                 except OSError as e:
                     raise ModelNotFoundError(
-                        f"cannot hash the files of {self._components.name!r} ({e}); were they "
+                        f"cannot hash the files of {self._s.components.name!r} ({e}); were they "
                         "moved or deleted after loading? Load the model again",
-                        source=self._components.source,
+                        source=self._s.components.source,
                     ) from e
-            return self._sha256
+            return self._s.sha256
 
     @property
     def info(self) -> ModelInfo:
         """What this model is: architecture, components, dtype, device, size, hash, evidence."""
-        c = self._components
+        c = self._s.components
         return ModelInfo(
             name=c.name,
             source=c.source,
@@ -270,15 +271,15 @@ class Model:
             prediction_type=c.prediction_type,
             components=tuple(c.modules),
             parameters=self._parameters,
-            device=self._plan.device,
-            dtype=self._plan.dtype_name,
-            vae_dtype=self._plan.vae_dtype_name,
-            memory=self._plan.memory,
-            default_scheduler=self._default_scheduler.name,
+            device=self._s.plan.device,
+            dtype=self._s.plan.dtype_name,
+            vae_dtype=self._s.plan.vae_dtype_name,
+            memory=self._s.plan.memory,
+            default_scheduler=self._s.default_scheduler.name,
             hash=self.sha256[:10],
             sha256=self.sha256,
             evidence=c.evidence,
-            decisions=self._plan.reasons,
+            decisions=self._s.plan.reasons,
         )
 
     @property
@@ -292,10 +293,86 @@ class Model:
         return self._vae_factor
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self._s.closed or self._view_closed:
+            what = "LoRA view of model" if self._view_closed else "model"
             raise ModelClosedError(
-                f"model {self._components.name!r} was closed; load it again with Model.load"
+                f"{what} {self._s.components.name!r} was closed; load it again with Model.load"
             )
+
+    @property
+    def _components(self) -> Components:
+        return self._s.components
+
+    @property
+    def loras(self) -> tuple[LoraInfo, ...]:
+        """The LoRA adapters this model applies, in the order they were added."""
+        return tuple(a.info for a in self._loras)
+
+    def with_lora(
+        self, source: str | os.PathLike[str], scale: float = 1.0, *, strict: bool = False
+    ) -> Model:
+        """Return a view of this model with the LoRA file ``source`` applied at ``scale``.
+
+        The view shares this model's weights and memory: its :meth:`infer` merges its adapters
+        into the weights, and this model's own :meth:`infer` puts the originals back, bit for
+        bit. Views stack (``m.with_lora(a).with_lora(b)``); closing a view leaves this model
+        open. kohya/sd-scripts, diffusers/PEFT and LyCORIS (LoCon, LoHa, LoKr) files are read.
+
+        Args:
+            source: a ``.safetensors`` LoRA file.
+            scale: how strongly to apply it: 1.0 as trained, 0 not at all, negative inverted.
+            strict: a layer of the file that this model lacks is an error; by default such
+                layers are skipped, and each result's warnings say how many.
+
+        Raises:
+            LoraError: the file matches none of this model's layers, has the wrong shapes for
+                them (a LoRA for another family), or is of a kind inferkit cannot merge.
+            ModelNotFoundError: no such file.
+            UnsupportedModelError: the file is not a safetensors file.
+
+        Example:
+            >>> import inferkit, tempfile
+            >>> base = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> path = inferkit.testing.write_lora(tempfile.mkdtemp(), base, "kohya")
+            >>> styled = base.with_lora(path, scale=0.8)
+            >>> styled.loras[0].scale, base.loras
+            (0.8, ())
+
+        """
+        if not isinstance(strict, bool):
+            raise InvalidParameterError("strict", strict, "must be True or False")
+        with self._s.lock:
+            self._check_open()
+            if "sequential_offload" in self._s.plan.memory:
+                raise InvalidParameterError(
+                    "lora",
+                    os.fspath(source) if isinstance(source, os.PathLike) else source,
+                    "cannot be merged while the policy offloads weights layer by layer "
+                    "(memory='sequential_offload'); use 'model_offload' instead",
+                )
+            adapter = read_lora(source, self._s.components.modules, scale, strict=strict)
+        return self._view((*self._loras, adapter))
+
+    def without_loras(self) -> Model:
+        """Return a view of the base model, with no LoRA applied (this model's own weights).
+
+        Example:
+            >>> import inferkit
+            >>> base = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> base.without_loras().loras
+            ()
+
+        """
+        self._check_open()
+        return self._view(())
+
+    def _view(self, loras: tuple[LoraAdapter, ...]) -> Model:
+        view = object.__new__(Model)
+        view.__dict__.update(self.__dict__)
+        view._loras = loras
+        view._root = False
+        view._view_closed = False
+        return view
 
     def resolve(self, params: GenerationParams) -> tuple[ResolvedParams, SamplerChoice]:
         """Fill in defaults and check ``params`` against this model, without generating.
@@ -340,7 +417,7 @@ class Model:
         if params.scheduler is not None:
             choice = resolve_scheduler(params.scheduler, params.schedule)
         else:
-            choice = self._default_scheduler
+            choice = self._s.default_scheduler
         if original is not None and init is None:
             init, note = fit(original, (sizes["width"], sizes["height"]), f)
         if init is not None:
@@ -360,7 +437,7 @@ class Model:
         if mask is not None:
             assert original is not None and init is not None  # _check_kind ensured it
             mask = fit_mask(mask, original.size, init.size)
-            if params.guidance_rescale > 0 and self._components.architecture != "sdxl":
+            if params.guidance_rescale > 0 and self._s.components.architecture != "sdxl":
                 raise InvalidParameterError(
                     "guidance_rescale",
                     params.guidance_rescale,
@@ -387,10 +464,10 @@ class Model:
             scheduler=choice.name,
             scheduler_label=choice.label,
             noise=params.noise,
-            device=self._plan.device,
-            dtype=self._plan.dtype_name,
-            vae_dtype=self._plan.vae_dtype_name,
-            memory=self._plan.memory,
+            device=self._s.plan.device,
+            dtype=self._s.plan.dtype_name,
+            vae_dtype=self._s.plan.vae_dtype_name,
+            memory=self._s.plan.memory,
             denoising_steps=params.steps,
             variation_seed=variation_seed,
             variation_strength=float(params.variation_strength),
@@ -399,6 +476,7 @@ class Model:
             strength=float(params.strength) if init is not None else None,
             init_image_sha256=fingerprint(init) if init is not None else None,
             mask_sha256=fingerprint(mask) if mask is not None else None,
+            loras=self.loras,
             mask_blur=params.mask_blur if mask is not None else None,
             keep_unmasked=params.keep_unmasked if mask is not None else None,
         )
@@ -406,7 +484,7 @@ class Model:
 
     def _check_kind(self, params: GenerationParams, has_init: bool) -> None:
         """Refuse a call this kind of model cannot run, saying what it needs instead."""
-        c = self._components
+        c = self._s.components
         if params.mask is not None and not has_init:
             raise InvalidParameterError(
                 "mask", "a mask", "needs init_image= too: the image whose masked area to repaint"
@@ -442,7 +520,7 @@ class Model:
             )
 
     def _tokens(self, text: str) -> int:
-        modules = self._components.modules
+        modules = self._s.components.modules
         tokenizer = modules.get("tokenizer") or modules.get("tokenizer_2")
         return token_count(tokenizer, text) if tokenizer is not None else 0
 
@@ -486,8 +564,9 @@ class Model:
         if callback is not None and not callable(callback):
             raise InvalidParameterError("callback", callback, "must be callable or None")
         show = sys.stderr.isatty() if progress is None else bool(progress)
-        with self._lock:
+        with self._s.lock:
             self._check_open()
+            self._s.patcher.activate(self._s.components.modules, self._loras)
             notes = list(self._warnings(resolved))
             if start.note is not None:
                 notes.append(start.note)
@@ -496,12 +575,12 @@ class Model:
                 failure: torch.OutOfMemoryError | None = None
                 try:
                     out = run(
-                        self._pipeline,
-                        architecture=self._components.architecture,
-                        plan=self._plan,
+                        self._s.pipeline,
+                        architecture=self._s.components.architecture,
+                        plan=self._s.plan,
                         params=resolved,
                         choice=choice,
-                        scheduler_config=dict(self._components.scheduler_config),
+                        scheduler_config=dict(self._s.components.scheduler_config),
                         latent_channels=self._latent_channels,
                         vae_factor=self._vae_factor,
                         callback=callback,
@@ -521,7 +600,7 @@ class Model:
                 )
             info = self.info
         resolved = attrs.evolve(
-            resolved, denoising_steps=out.denoising_steps, memory=self._plan.memory
+            resolved, denoising_steps=out.denoising_steps, memory=self._s.plan.memory
         )
         images = []
         for index, (image, seed) in enumerate(zip(out.images, resolved.seeds, strict=True)):
@@ -550,24 +629,24 @@ class Model:
             # Drop the failed attempt's locals (its activations) but keep the traceback lines.
             traceback.clear_frames(error.__traceback__)
         gc.collect()
-        if torch.device(self._plan.device).type == "cuda":
+        if torch.device(self._s.plan.device).type == "cuda":
             torch.cuda.empty_cache()
-        handler = getattr(self._policy, "on_out_of_memory", None)
-        plan = handler(self._pipeline, self._plan) if handler is not None else None
+        handler = getattr(self._s.policy, "on_out_of_memory", None)
+        plan = handler(self._s.pipeline, self._s.plan) if handler is not None else None
         if plan is not None and (
-            not isinstance(plan, ExecutionPlan) or len(plan.memory) <= len(self._plan.memory)
+            not isinstance(plan, ExecutionPlan) or len(plan.memory) <= len(self._s.plan.memory)
         ):
             plan = None  # a fallback must add a strategy, or the retry would fail the same way
         if plan is None:
             done = f" after trying {', '.join(tried)}" if tried else ""
             raise DeviceOutOfMemoryError(
-                f"{self._plan.device} ran out of memory{done}; use smaller images or fewer "
+                f"{self._s.plan.device} ran out of memory{done}; use smaller images or fewer "
                 "images per call, a smaller max_batch, memory='model_offload' (CUDA), or "
                 "dtype='float16'",
                 tried=tuple(tried),
             ) from error
         tried.append(plan.memory[-1])
-        self._plan = plan
+        self._s.plan = plan
 
     def _start_pipeline(self, start: _Start) -> Any:
         """Return the pipeline that starts from ``start``'s image, over the same modules.
@@ -578,22 +657,28 @@ class Model:
         if start.init is None:
             return None
         if start.mask is not None:
-            if self._inpaint is None:
-                self._inpaint = build_inpaint_pipeline(self._pipeline, self._components)
-            return self._inpaint
-        if self._components.architecture == "sdxl_refiner":
-            return self._pipeline
-        if self._img2img is None:
-            self._img2img = build_img2img_pipeline(self._pipeline, self._components)
-        return self._img2img
+            if self._s.inpaint is None:
+                self._s.inpaint = build_inpaint_pipeline(self._s.pipeline, self._s.components)
+            return self._s.inpaint
+        if self._s.components.architecture == "sdxl_refiner":
+            return self._s.pipeline
+        if self._s.img2img is None:
+            self._s.img2img = build_img2img_pipeline(self._s.pipeline, self._s.components)
+        return self._s.img2img
 
     @property
     def load_warnings(self) -> tuple[str, ...]:
         """Problems with the weights that ``strict=False`` tolerated (empty when strict)."""
-        return self._components.warnings
+        return self._s.components.warnings
 
     def _warnings(self, params: ResolvedParams) -> tuple[str, ...]:
-        notes = [f"load: {w}" for w in self._components.warnings]
+        notes = [f"load: {w}" for w in self._s.components.warnings]
+        for lora in params.loras:
+            if lora.unmatched:
+                notes.append(
+                    f"lora {lora.name!r}: {lora.unmatched} of its layers are not in this model "
+                    f"and were skipped ({lora.layers} applied); with_lora(strict=True) refuses"
+                )
         if params.guidance <= 1 and params.negative_prompt:
             notes.append(
                 "negative_prompt is ignored: guidance <= 1 turns classifier-free guidance off"
@@ -603,6 +688,9 @@ class Model:
     def close(self) -> None:
         """Free the model's memory. Further :meth:`infer` calls raise :class:`ModelClosedError`.
 
+        Closing a LoRA view (from :meth:`with_lora`) closes only the view, and puts the base
+        weights back if its adapters were merged; closing the model closes all its views.
+
         Example:
             >>> import inferkit
             >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
@@ -611,21 +699,26 @@ class Model:
             True
 
         """
-        with self._lock:
-            if self._closed:
+        with self._s.lock:
+            if self._s.closed or self._view_closed:
                 return
-            self._closed = True
-            device = torch.device(self._plan.device)
-            self._pipeline = None
-            self._components = attrs.evolve(self._components, modules={})
+            if not self._root:
+                self._view_closed = True
+                if self._s.patcher.is_active(self._loras):
+                    self._s.patcher.activate(self._s.components.modules, ())
+                return
+            self._s.closed = True
+            device = torch.device(self._s.plan.device)
+            self._s.pipeline = None
+            self._s.components = attrs.evolve(self._s.components, modules={})
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
+        """Whether :meth:`close` was called (on this view, or on the model it views)."""
+        return self._s.closed or self._view_closed
 
     def __enter__(self) -> Model:
         """Return the model; it is closed when the ``with`` block ends."""
@@ -637,12 +730,30 @@ class Model:
 
     def __repr__(self) -> str:
         """Show the model's name, architecture, device and dtype."""
-        c = self._components
-        state = ", closed" if self._closed else ""
+        c = self._s.components
+        state = ", closed" if self.closed else ""
+        loras = "".join(f" +{a.info.name}:{a.info.scale:g}" for a in self._loras)
         return (
-            f"<inferkit.Model {c.name!r} {c.architecture} on {self._plan.device} "
-            f"{self._plan.dtype_name}{state}>"
+            f"<inferkit.Model {c.name!r}{loras} {c.architecture} on {self._s.plan.device} "
+            f"{self._s.plan.dtype_name}{state}>"
         )
+
+
+@attrs.define(eq=False)
+class _Shared:
+    """What a model and its LoRA views share: the modules, pipelines, plan and lock."""
+
+    components: Components
+    pipeline: Any
+    plan: ExecutionPlan
+    default_scheduler: SamplerChoice
+    policy: Policy | None
+    img2img: Any = None
+    inpaint: Any = None
+    lock: threading.RLock = attrs.field(factory=threading.RLock)
+    closed: bool = False
+    sha256: str | None = None
+    patcher: LoraPatcher = attrs.field(factory=LoraPatcher)
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import attrs
 
 from inferkit.errors import InvalidParameterError
+from inferkit.lora import LoraInfo
 from inferkit.schedulers import resolve_scheduler
 
 __all__ = ["GenerationParams", "ResolvedParams"]
@@ -214,6 +215,7 @@ class ResolvedParams:
     strength: float | None = None
     init_image_sha256: str | None = None
     mask_sha256: str | None = None
+    loras: tuple[LoraInfo, ...] = ()
     mask_blur: int | None = None
     keep_unmasked: bool | None = None
 

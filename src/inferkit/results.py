@@ -288,6 +288,7 @@ def image_record(
         **_variation_fields(params, index),
         **({"Denoising strength": params.strength} if params.strength is not None else {}),
         **({"Mask blur": params.mask_blur} if params.mask_blur is not None else {}),
+        **_lora_fields(params),
         "Model hash": model.hash,
         "Model": model.name,
         "Version": f"inferkit {version}",
@@ -306,3 +307,10 @@ def _variation_fields(params: ResolvedParams, index: int) -> dict[str, Any]:
 
     seed = nth_seed(params.variation_seed, index)
     return {"Variation seed": seed, "Variation seed strength": params.variation_strength}
+
+
+def _lora_fields(params: ResolvedParams) -> dict[str, Any]:
+    """AUTOMATIC1111's ``Lora hashes`` field: each adapter's name and short file hash."""
+    if not params.loras:
+        return {}
+    return {"Lora hashes": ", ".join(f"{x.name}: {x.short_hash}" for x in params.loras)}

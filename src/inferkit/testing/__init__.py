@@ -15,13 +15,16 @@ Example:
 from __future__ import annotations
 
 from inferkit.testing._hub import write_hub_cache_entry
+from inferkit.testing._lora import LORA_LAYOUTS, write_lora
 from inferkit.testing._single_file import write_single_file
 from inferkit.testing._tiny import ARCHITECTURES, tiny_model_path, write_tiny_model
 
 __all__ = [
     "ARCHITECTURES",
+    "LORA_LAYOUTS",
     "tiny_model_path",
     "write_hub_cache_entry",
+    "write_lora",
     "write_single_file",
     "write_tiny_model",
 ]
