@@ -18,7 +18,7 @@ from inferkit.errors import InferenceCancelled, NumericalError
 from inferkit.images import paste_unmasked
 from inferkit.params import ResolvedParams
 from inferkit.policy import ExecutionPlan
-from inferkit.prompts import encode_long, needs_chunks
+from inferkit.prompts import encode_long, needs_own_encoding
 from inferkit.results import StepInfo, Timings
 from inferkit.schedulers import SamplerChoice, build_scheduler
 from inferkit.seeds import generators, image_seeds, initial_noise, varied_noise
@@ -106,9 +106,12 @@ def _encode(
 ) -> dict[str, Any]:
     do_cfg = params.guidance > 1
     tokenizer = getattr(pipe, "tokenizer", None)
-    if tokenizer is not None and needs_chunks(tokenizer, params.prompt, params.negative_prompt):
+    texts = (params.prompt, params.negative_prompt)
+    if tokenizer is not None and needs_own_encoding(
+        tokenizer, *texts, weighting=params.prompt_weighting
+    ):
         return encode_long(
-            pipe, architecture, params.prompt, params.negative_prompt, device, do_cfg
+            pipe, architecture, *texts, device, do_cfg, weighting=params.prompt_weighting
         )
     negative = params.negative_prompt or None
     if architecture.startswith("sdxl"):

@@ -35,6 +35,7 @@ from inferkit.pipelines import (
     vae_scale_factor,
 )
 from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
+from inferkit.prompt_weights import has_weights
 from inferkit.prompts import token_count
 from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, image_record
 from inferkit.schedulers import (
@@ -319,7 +320,8 @@ class Model:
         open. kohya/sd-scripts, diffusers/PEFT and LyCORIS (LoCon, LoHa, LoKr) files are read.
 
         Args:
-            source: a ``.safetensors`` LoRA file.
+            source: a ``.safetensors`` LoRA file, or a packaged one such as
+                ``"inferkit:shapes-night"`` (for the shapes model: every background black).
             scale: how strongly to apply it: 1.0 as trained, 0 not at all, negative inverted.
             strict: a layer of the file that this model lacks is an error; by default such
                 layers are skipped, and each result's warnings say how many.
@@ -471,8 +473,9 @@ class Model:
             denoising_steps=params.steps,
             variation_seed=variation_seed,
             variation_strength=float(params.variation_strength),
-            prompt_tokens=self._tokens(params.prompt),
-            negative_prompt_tokens=self._tokens(params.negative_prompt),
+            prompt_tokens=self._tokens(params.prompt, params.prompt_weighting),
+            negative_prompt_tokens=self._tokens(params.negative_prompt, params.prompt_weighting),
+            prompt_weighting=params.prompt_weighting,
             strength=float(params.strength) if init is not None else None,
             init_image_sha256=fingerprint(init) if init is not None else None,
             mask_sha256=fingerprint(mask) if mask is not None else None,
@@ -519,10 +522,10 @@ class Model:
                 source=c.source,
             )
 
-    def _tokens(self, text: str) -> int:
+    def _tokens(self, text: str, weighting: bool) -> int:
         modules = self._s.components.modules
         tokenizer = modules.get("tokenizer") or modules.get("tokenizer_2")
-        return token_count(tokenizer, text) if tokenizer is not None else 0
+        return token_count(tokenizer, text, weighting) if tokenizer is not None else 0
 
     def infer(
         self,
@@ -679,6 +682,15 @@ class Model:
                     f"lora {lora.name!r}: {lora.unmatched} of its layers are not in this model "
                     f"and were skipped ({lora.layers} applied); with_lora(strict=True) refuses"
                 )
+        if (
+            params.prompt_weighting
+            and self._s.components.architecture == "sdxl_refiner"
+            and (has_weights(params.prompt) or has_weights(params.negative_prompt))
+        ):
+            notes.append(
+                "prompt weighting is not applied by the SDXL refiner: its prompts are encoded "
+                "as plain text"
+            )
         if params.guidance <= 1 and params.negative_prompt:
             notes.append(
                 "negative_prompt is ignored: guidance <= 1 turns classifier-free guidance off"

@@ -109,7 +109,7 @@ def _check_noise(_: Any, attribute: attrs.Attribute[Any], value: object) -> None
 
 @attrs.frozen
 class GenerationParams:
-    """What to generate: validated on construction, reusable, varied with ``attrs.evolve``.
+    r"""What to generate: validated on construction, reusable, varied with ``attrs.evolve``.
 
     Attributes:
         prompt: the text to generate from.
@@ -147,6 +147,9 @@ class GenerationParams:
         keep_unmasked: with ``mask``, put the init image's own pixels back outside the mask
             (as AUTOMATIC1111 does); ``False`` keeps the decoded pixels there, which differ
             slightly from the input through the VAE.
+        prompt_weighting: read AUTOMATIC1111's weighting syntax in the prompts (``(word:1.3)``,
+            ``(word)``, ``[word]``, ``BREAK``); ``False`` encodes brackets as plain text. Write
+            ``\\(`` for a literal bracket.
 
     Example:
         >>> import inferkit
@@ -175,6 +178,7 @@ class GenerationParams:
     mask: Any = attrs.field(default=None, eq=False, repr=False, kw_only=True)
     mask_blur: int = attrs.field(default=4, validator=_non_negative_int, kw_only=True)
     keep_unmasked: bool = attrs.field(default=True, validator=_check_bool, kw_only=True)
+    prompt_weighting: bool = attrs.field(default=True, validator=_check_bool, kw_only=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -211,6 +215,7 @@ class ResolvedParams:
     variation_seed: int | None = None
     variation_strength: float = 0.0
     prompt_tokens: int = 0
+    prompt_weighting: bool = True
     negative_prompt_tokens: int = 0
     strength: float | None = None
     init_image_sha256: str | None = None

@@ -8,7 +8,10 @@ gets as many chunks as the prompt (padded with empty chunks), so the two batch t
 pooled embedding comes from the first chunk. Prompts that fit in one window take diffusers' own
 path, unchanged.
 
-Weighting syntax such as ``(word:1.3)`` is not interpreted: the brackets are plain text.
+AUTOMATIC1111's weighting syntax (``(word:1.3)``, ``(word)``, ``[word]``, ``BREAK``; see
+:mod:`inferkit.prompt_weights`) is read when ``weighting`` is on: each token's embedding is
+multiplied by its weight, then the chunk is rescaled to its original mean, as AUTOMATIC1111
+does. A prompt with weighting syntax takes this path even when it is short.
 
 Example:
     >>> import inferkit
@@ -16,6 +19,8 @@ Example:
     >>> tok = model.pipeline.tokenizer
     >>> token_count(tok, "a red"), len(chunks(tok, "a " * 100))
     (2, 2)
+    >>> chunks(tok, "a (red:1.5)", weighting=True)[0][1]
+    [1.0, 1.5]
 
 """
 
@@ -25,11 +30,19 @@ from typing import Any
 
 import torch
 
-__all__ = ["chunks", "encode_long", "needs_chunks", "token_count"]
+__all__ = ["Chunk", "chunks", "encode_long", "needs_own_encoding", "token_count"]
+
+Chunk = tuple[list[int], list[float]]
+"""One window's token ids and their weights."""
 
 
-def token_count(tokenizer: Any, text: str) -> int:
-    """Return how many tokens ``text`` has, without the start and end tokens."""
+def token_count(tokenizer: Any, text: str, weighting: bool = False) -> int:
+    """Return how many tokens ``text`` has, without the start and end tokens.
+
+    With ``weighting``, the weighting syntax is not counted (only the text it weights).
+    """
+    if weighting:
+        return sum(len(ids) for ids, _ in chunks(tokenizer, text, weighting=True))
     return len(_token_ids(tokenizer, text))
 
 
@@ -45,16 +58,47 @@ def _window(tokenizer: Any) -> int:
     return int(tokenizer.model_max_length) - 2
 
 
-def chunks(tokenizer: Any, text: str) -> list[list[int]]:
-    """Split ``text``'s token ids into windows of 75 (at least one, possibly empty)."""
-    ids = _token_ids(tokenizer, text)
+def chunks(tokenizer: Any, text: str, *, weighting: bool = False) -> list[Chunk]:
+    """Split ``text``'s tokens into windows of 75 (at least one, possibly empty).
+
+    With ``weighting``, the weighting syntax gives each token its weight, and ``BREAK``
+    starts a new window; otherwise every weight is 1.
+    """
     size = _window(tokenizer)
-    return [ids[i : i + size] for i in range(0, len(ids), size)] or [[]]
+    if not weighting:
+        ids = _token_ids(tokenizer, text)
+        return [
+            (ids[i : i + size], [1.0] * len(ids[i : i + size])) for i in range(0, len(ids), size)
+        ] or [([], [])]
+    from inferkit.prompt_weights import BREAK, parse_weights
+
+    out: list[Chunk] = []
+    ids_now: list[int] = []
+    weights_now: list[float] = []
+    for fragment, weight in parse_weights(text):
+        if fragment == BREAK and weight == -1.0:
+            out.append((ids_now, weights_now))
+            ids_now, weights_now = [], []
+            continue
+        for token in _token_ids(tokenizer, fragment):
+            if len(ids_now) == size:
+                out.append((ids_now, weights_now))
+                ids_now, weights_now = [], []
+            ids_now.append(token)
+            weights_now.append(weight)
+    if ids_now or not out:
+        out.append((ids_now, weights_now))
+    return out
 
 
-def needs_chunks(tokenizer: Any, *texts: str) -> bool:
-    """Whether any of ``texts`` is longer than one window."""
-    return any(token_count(tokenizer, t) > _window(tokenizer) for t in texts)
+def needs_own_encoding(tokenizer: Any, *texts: str, weighting: bool = False) -> bool:
+    """Whether any of ``texts`` is longer than one window, or (``weighting``) uses weights."""
+    from inferkit.prompt_weights import has_weights
+
+    return any(
+        token_count(tokenizer, t) > _window(tokenizer) or (weighting and has_weights(t))
+        for t in texts
+    )
 
 
 def _ids(tokenizer: Any, chunk: list[int], device: torch.device) -> torch.Tensor:
@@ -65,31 +109,46 @@ def _ids(tokenizer: Any, chunk: list[int], device: torch.device) -> torch.Tensor
     return torch.tensor([ids], device=device)
 
 
-def _padded(parts: list[list[int]], count: int) -> list[list[int]]:
-    return parts + [[] for _ in range(count - len(parts))]
+def _padded(parts: list[Chunk], count: int) -> list[Chunk]:
+    return parts + [([], []) for _ in range(count - len(parts))]
 
 
-def _encode_sd(pipe: Any, parts: list[list[int]], device: torch.device) -> torch.Tensor:
+def _weighted(z: torch.Tensor, weights: list[float]) -> torch.Tensor:
+    """Multiply each token's embedding by its weight, then restore the chunk's mean."""
+    if all(w == 1.0 for w in weights):
+        return z
+    scale = torch.ones(z.shape[1], dtype=torch.float32, device=z.device)
+    scale[1 : 1 + len(weights)] = torch.tensor(weights, dtype=torch.float32)
+    original = z.float().mean()
+    weighted = z.float() * scale[None, :, None]
+    new = weighted.mean()
+    size = z.float().abs().mean()
+    if original.abs() <= 1e-3 * size or new.abs() <= 1e-3 * size:
+        return weighted.to(z.dtype)  # a mean near zero cannot be restored by scaling
+    return (weighted * (original / new)).to(z.dtype)
+
+
+def _encode_sd(pipe: Any, parts: list[Chunk], device: torch.device) -> torch.Tensor:
     encoder = pipe.text_encoder
-    out = [encoder(_ids(pipe.tokenizer, c, device))[0] for c in parts]
+    out = [_weighted(encoder(_ids(pipe.tokenizer, ids, device))[0], w) for ids, w in parts]
     return torch.cat(out, dim=1).to(dtype=encoder.dtype, device=device)
 
 
 def _encode_xl(
-    pipe: Any, parts: list[list[int]], device: torch.device
+    pipe: Any, parts: list[Chunk], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = []
     pooled = None
-    for chunk in parts:
+    for ids, weights in parts:
         hidden = []
         for tokenizer, encoder in (
             (pipe.tokenizer, pipe.text_encoder),
             (pipe.tokenizer_2, pipe.text_encoder_2),
         ):
-            out = encoder(_ids(tokenizer, chunk, device), output_hidden_states=True)
+            out = encoder(_ids(tokenizer, ids, device), output_hidden_states=True)
             if encoder is pipe.text_encoder_2 and pooled is None:
                 pooled = out[0]
-            hidden.append(out.hidden_states[-2])
+            hidden.append(_weighted(out.hidden_states[-2], weights))
         rows.append(torch.cat(hidden, dim=-1))
     assert pooled is not None
     dtype = pipe.text_encoder_2.dtype
@@ -103,6 +162,7 @@ def encode_long(
     negative_prompt: str,
     device: torch.device,
     guided: bool,
+    weighting: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Encode a prompt (and negative prompt) of any length; keys as the pipelines expect.
 
@@ -115,8 +175,8 @@ def encode_long(
 
     """
     tokenizer = pipe.tokenizer
-    positive = chunks(tokenizer, prompt)
-    negative = chunks(tokenizer, negative_prompt)
+    positive = chunks(tokenizer, prompt, weighting=weighting)
+    negative = chunks(tokenizer, negative_prompt, weighting=weighting)
     count = max(len(positive), len(negative) if guided else 0)
     positive, negative = _padded(positive, count), _padded(negative, count)
     if architecture == "sdxl":
