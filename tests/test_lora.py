@@ -319,3 +319,29 @@ def test_closing_the_model_closes_its_views(tiny_paths: dict[str, Path], tmp_pat
     assert view.closed
     with pytest.raises(inferkit.ModelClosedError):
         view.infer(PROMPT)
+
+
+def test_the_packaged_night_adapter_turns_backgrounds_black() -> None:
+    """The trained shapes adapter, applied at scale 1, paints the background black where the
+    prompt asks for white, keeping the colour; at scale 0 the background stays white."""
+    from inferkit.zoo.shapes.checker import judge
+
+    model = inferkit.Model.load("inferkit:shapes", device="cpu")
+    night = model.with_lora("inferkit:shapes-night")
+    assert (night.loras[0].name, night.loras[0].layout) == ("night-lora", "lycoris")  # LoCon
+    for prompt, color in [
+        ("a red circle on a white background", "red"),
+        ("a yellow triangle on a white background", "yellow"),
+    ]:
+        on = judge(night.infer(prompt, steps=20, seed=3, progress=False).images[0].image)
+        off = judge(model.infer(prompt, steps=20, seed=3, progress=False).images[0].image)
+        assert (on.background, on.color) == ("black", color)
+        assert (off.background, off.color) == ("white", color)
+
+
+def test_an_unknown_packaged_adapter_names_the_available_ones(
+    models: dict[str, inferkit.Model],
+) -> None:
+    """inferkit:NAME for a LoRA that is not packaged lists the ones that are."""
+    with pytest.raises(inferkit.LoraError, match="inferkit:shapes-night"):
+        models["sd1"].with_lora("inferkit:nope")

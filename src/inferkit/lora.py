@@ -268,7 +268,7 @@ def read_lora(
     """Read the LoRA file at ``path`` and match it to the layers of ``modules``.
 
     Args:
-        path: a ``.safetensors`` LoRA file.
+        path: a ``.safetensors`` LoRA file, or ``"inferkit:NAME"`` for a packaged one.
         modules: the model's modules by component name (``unet``, ``text_encoder``, ...).
         scale: the multiplier to apply it with.
         strict: a layer the model does not have is an error (default: it is counted in
@@ -288,6 +288,10 @@ def read_lora(
         raise InvalidParameterError("lora", path, "must be a path to a .safetensors LoRA file")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise InvalidParameterError("scale", scale, "must be a finite number (1.0 = as trained)")
+    if isinstance(path, str) and path.startswith("inferkit:"):
+        from inferkit.zoo import zoo_lora_path
+
+        path = zoo_lora_path(path.removeprefix("inferkit:"))
     file = Path(path).expanduser()
     groups: dict[str, dict[str, torch.Tensor]] = {}
     unknown: list[str] = []

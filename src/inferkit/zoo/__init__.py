@@ -18,13 +18,47 @@ from inferkit.errors import ModelNotFoundError, UnsupportedModelError
 from inferkit.loaders.base import Components, LoadOptions
 from inferkit.loaders.single_file import SingleFileLoader
 
-__all__ = ["ZOO", "ZooLoader", "zoo_path"]
+__all__ = ["ZOO", "ZOO_LORAS", "ZooLoader", "zoo_lora_path", "zoo_path"]
 
 _HERE = Path(__file__).resolve().parent
 ZOO: dict[str, Path] = {"shapes": _HERE / "shapes" / "weights"}
 """Packaged models by name: each folder holds ``<name>.safetensors`` and ``tokenizer/``."""
 
+ZOO_LORAS: dict[str, Path] = {
+    "shapes-night": _HERE / "shapes" / "weights" / "night-lora.safetensors",
+}
+"""Packaged LoRA adapters by name, for ``Model.with_lora("inferkit:NAME")``."""
+
 PREFIX = "inferkit:"
+
+
+def zoo_lora_path(name: str) -> Path:
+    """Return the packaged LoRA file of adapter ``name`` (``"shapes-night"``).
+
+    Raises:
+        LoraError: no packaged adapter has this name, or its file is missing.
+
+    Example:
+        >>> zoo_lora_path("shapes-night").name
+        'night-lora.safetensors'
+
+    """
+    from inferkit.errors import LoraError
+
+    path = ZOO_LORAS.get(name)
+    if path is None:
+        raise LoraError(
+            f"{PREFIX}{name} is not a packaged LoRA; available: "
+            + ", ".join(PREFIX + n for n in ZOO_LORAS),
+            path=PREFIX + name,
+        )
+    if not path.is_file():
+        raise LoraError(
+            f"the packaged LoRA {path} is missing from this installation; reinstall inferkit, or "
+            f"train it with `python -m inferkit.zoo.shapes.train_lora --out {path.parent}`",
+            path=PREFIX + name,
+        )
+    return path
 
 
 def zoo_path(name: str) -> Path:
