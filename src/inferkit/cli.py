@@ -1,4 +1,4 @@
-"""The ``inferkit`` command: ``generate``, ``inspect``, ``schedulers``.
+"""The ``inferkit`` command: ``generate``, ``inspect``, ``schedulers``, ``batch``.
 
 Bad input exits with status 2 and one line on stderr (``inferkit: error: ...``), never a
 traceback.
@@ -7,6 +7,7 @@ Example:
     $ inferkit generate ./my-model "a lighthouse at dusk" --steps 20 --seed 7 -o out.png
     $ inferkit inspect ./my-model
     $ inferkit schedulers
+    $ inferkit batch ./my-model prompts.csv --out runs/1
 
 """
 
@@ -18,22 +19,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from inferkit._batch_cli import add_batch_command, run_batch
+from inferkit._cli_args import size_arg
 from inferkit.errors import InferkitError, InvalidParameterError
 from inferkit.metadata import check_png_path
 
 __all__ = ["main"]
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        if len(parts) == 1:
-            return int(parts[0]), int(parts[0])
-        if len(parts) == 2:
-            return int(parts[0]), int(parts[1])
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"{text!r} is not a size; use WIDTHxHEIGHT (768x512) or N")
 
 
 def _lora(text: str) -> tuple[str, float]:
@@ -70,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=7.0)
     gen.add_argument("--scheduler", default=None, help="sampler name, see `inferkit schedulers`")
     gen.add_argument("--schedule", default=None, help="sigma schedule: karras, exponential, beta")
-    gen.add_argument("--size", type=_size, default=None, help="WIDTHxHEIGHT or N (default native)")
+    gen.add_argument(
+        "--size", type=size_arg, default=None, help="WIDTHxHEIGHT or N (default native)"
+    )
     gen.add_argument("--images", type=int, default=1)
     gen.add_argument("--variation-seed", type=int, default=None, help="second seed to blend in")
     gen.add_argument(
@@ -112,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schedulers", help="list the samplers and their schedules")
     sch.add_argument("--json", action="store_true", help="print JSON")
+    add_batch_command(sub)
     return parser
 
 
@@ -273,7 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     """
     args = _parser().parse_args(argv)
-    handlers = {"generate": _generate, "inspect": _inspect, "schedulers": _schedulers}
+    handlers = {
+        "generate": _generate,
+        "inspect": _inspect,
+        "schedulers": _schedulers,
+        "batch": run_batch,
+    }
     try:
         return handlers[args.command](args)
     except InferkitError as e:

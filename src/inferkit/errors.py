@@ -11,6 +11,7 @@ exception a caller would naturally catch, so ``except FileNotFoundError`` keeps 
     ├── LoraError               (+ ValueError)         a LoRA file does not fit this model
     ├── InvalidParameterError   (+ ValueError)         an argument is out of range
     │   └── UnknownSchedulerError (+ KeyError)         no sampler has this name
+    ├── MissingExtraError       (+ ModuleNotFoundError) an optional extra is not installed
     ├── DeviceUnavailableError  (+ RuntimeError)       device or dtype unusable here
     ├── DeviceOutOfMemoryError  (+ MemoryError)        out of memory after every fallback
     ├── NumericalError          (+ ArithmeticError)    the latents became NaN or infinite
@@ -42,6 +43,7 @@ __all__ = [
     "IntegrityError",
     "InvalidParameterError",
     "LoraError",
+    "MissingExtraError",
     "ModelClosedError",
     "ModelNotFoundError",
     "NumericalError",
@@ -136,6 +138,20 @@ class LoraError(InferkitError, ValueError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class MissingExtraError(InferkitError, ModuleNotFoundError):
+    """An optional dependency of a feature is not installed; the message names the extra.
+
+    ``inferkit.batch`` needs ``inferkit[batch]`` (pyarrow, fsspec); ``inferkit.ray`` needs
+    ``inferkit[ray]``.
+
+    Example:
+        >>> import inferkit
+        >>> issubclass(inferkit.MissingExtraError, ImportError)
+        True
+
+    """
 
 
 class IntegrityError(UnsupportedModelError):

@@ -163,15 +163,31 @@ class GeneratedImage:
             InvalidParameterError: the path does not end in ``.png``.
 
         """
-        from PIL.PngImagePlugin import PngInfo
-
         out = Path(path)
         check_png_path(out)
+        out.write_bytes(self.png_bytes())
+        return out
+
+    def png_bytes(self) -> bytes:
+        r"""Return the image as PNG bytes, with the same metadata chunks :meth:`save` writes.
+
+        Example:
+            >>> import inferkit
+            >>> model = inferkit.Model.load(inferkit.testing.tiny_model_path("sd1"))
+            >>> model.infer("a cat", steps=2, progress=False).images[0].png_bytes()[:4]
+            b'\x89PNG'
+
+        """
+        import io
+
+        from PIL.PngImagePlugin import PngInfo
+
         info = PngInfo()
         info.add_text(PARAMETERS_KEY, self.infotext)
         info.add_text(JSON_KEY, json.dumps(self.metadata, sort_keys=True))
-        self.image.save(out, format="PNG", pnginfo=info)
-        return out
+        buffer = io.BytesIO()
+        self.image.save(buffer, format="PNG", pnginfo=info)
+        return buffer.getvalue()
 
 
 @attrs.frozen(kw_only=True)
