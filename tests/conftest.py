@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one torch thread each (also for the CLI and
+    # example subprocesses) beats every worker fighting over all cores, by about a third here.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +18,11 @@ from hypothesis import settings
 
 import inferkit
 import inferkit.testing
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
 
 # Tests never reach the network: the hub library is told so, and any socket use fails loudly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -222,3 +222,25 @@ def test_lora_arguments_split_path_and_scale(path: str, scale: float | None) -> 
             numeric_tail = False
         if not numeric_tail:
             assert (got_path, got_scale) == (path, 1.0)
+
+
+def test_generate_reads_long_and_weighted_prompts(tmp_path: Path) -> None:
+    """A prompt of 82 tokens, its caption after token 75 and weighted, reaches the model
+    through the CLI: the image is blue on black, and the record counts the tokens."""
+    from PIL import Image
+
+    from inferkit.zoo.shapes.checker import judge
+
+    out = tmp_path / "long.png"
+    prompt = ". " * 75 + "a (blue:1.1) square on a black background"
+    proc = run(
+        "generate", "inferkit:shapes", prompt, "--steps", "20", "--seed", "1", "-o", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    with Image.open(out) as img:
+        seen = judge(img)
+    assert (seen.color, seen.background) == ("blue", "black")
+    record = inferkit.read_metadata(out).record
+    assert record is not None
+    assert record["params"]["prompt_tokens"] == 82
+    assert record["params"]["prompt_weighting"] is True
