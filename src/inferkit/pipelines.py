@@ -82,21 +82,7 @@ def build_img2img_pipeline(pipeline: Any, components: Components) -> Any:
         'StableDiffusionImg2ImgPipeline'
 
     """
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
-
-    if components.architecture == "sdxl":
-        img2img: Any = StableDiffusionXLImg2ImgPipeline(
-            **pipeline.components,
-            requires_aesthetics_score=False,
-            force_zeros_for_empty_prompt=bool(pipeline.config.force_zeros_for_empty_prompt),
-            add_watermarker=False,
-        )
-    else:
-        img2img = StableDiffusionImg2ImgPipeline(
-            **pipeline.components, requires_safety_checker=False
-        )
-    img2img.set_progress_bar_config(disable=True)
-    return img2img
+    return _sibling(pipeline, components, "Img2Img")
 
 
 def build_inpaint_pipeline(pipeline: Any, components: Components) -> Any:
@@ -113,21 +99,26 @@ def build_inpaint_pipeline(pipeline: Any, components: Components) -> Any:
         'StableDiffusionInpaintPipeline'
 
     """
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+    return _sibling(pipeline, components, "Inpaint")
+
+
+def _sibling(pipeline: Any, components: Components, kind: str) -> Any:
+    """Build diffusers' ``StableDiffusion[XL]<kind>Pipeline`` over ``pipeline``'s modules."""
+    import diffusers
 
     if components.architecture == "sdxl":
-        inpaint: Any = StableDiffusionXLInpaintPipeline(
+        sibling: Any = getattr(diffusers, f"StableDiffusionXL{kind}Pipeline")(
             **pipeline.components,
             requires_aesthetics_score=False,
             force_zeros_for_empty_prompt=bool(pipeline.config.force_zeros_for_empty_prompt),
             add_watermarker=False,
         )
     else:
-        inpaint = StableDiffusionInpaintPipeline(
+        sibling = getattr(diffusers, f"StableDiffusion{kind}Pipeline")(
             **pipeline.components, requires_safety_checker=False
         )
-    inpaint.set_progress_bar_config(disable=True)
-    return inpaint
+    sibling.set_progress_bar_config(disable=True)
+    return sibling
 
 
 def vae_scale_factor(vae: Any) -> int:
