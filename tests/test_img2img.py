@@ -126,7 +126,7 @@ def test_sdxl_runs_image_to_image(models: dict[str, inferkit.Model]) -> None:
         ({"init_image": 3}, "init_image"),
         ({"init_image": "missing.png"}, "init_image"),
         ({"init_image": np.zeros((8, 8))}, "init_image"),
-        ({"variation_strength": 0.5}, "variation_strength"),
+        ({"variation_strength": 0.5, "mask": np.ones((64, 64), bool)}, "variation_strength"),
     ],
 )
 def test_bad_image_to_image_arguments_are_refused_by_name(
@@ -187,3 +187,34 @@ def test_the_sdxl_refiner_refines_an_init_image_as_diffusers_does(
         generator=[torch.Generator().manual_seed(5)],
     ).images[0]
     assert np.array_equal(np.asarray(got.images[0].image), np.asarray(want))
+
+
+def test_variation_seeds_blend_the_noise_image_to_image_adds(
+    shapes: inferkit.Model, red_circle: object
+) -> None:
+    """With init_image, variation strength 0 is the plain image-to-image result, 1 is (within
+    the VAE's own sampling noise) the variation seed's, and values between give a nearby image
+    recorded with its variation seed."""
+
+    def run(seed: int, **extra: object) -> tuple[np.ndarray, inferkit.InferenceResult]:
+        result = shapes.infer(
+            "a blue circle on a white background",
+            init_image=red_circle,
+            strength=0.8,
+            steps=20,
+            seed=seed,
+            progress=False,
+            **extra,
+        )
+        return np.asarray(result.images[0].image, dtype=np.int16), result
+
+    plain, _ = run(3)
+    other, _ = run(9)
+    none, _ = run(3, variation_seed=9, variation_strength=0.0)
+    half, result = run(3, variation_seed=9, variation_strength=0.5)
+    full, _ = run(3, variation_seed=9, variation_strength=1.0)
+    assert np.array_equal(none, plain)
+    assert np.abs(full - other).max() <= 3  # the VAE's latent sample is still seed 3's
+    assert np.abs(half - plain).mean() > 1 and np.abs(half - other).mean() > 1
+    assert "Variation seed: 9" in result.images[0].infotext
+    assert (result.params.variation_seed, result.params.strength) == (9, 0.8)

@@ -21,7 +21,7 @@ from inferkit.policy import ExecutionPlan
 from inferkit.prompts import encode_long, needs_own_encoding
 from inferkit.results import StepInfo, Timings
 from inferkit.schedulers import SamplerChoice, build_scheduler
-from inferkit.seeds import generators, image_seeds, initial_noise, varied_noise
+from inferkit.seeds import generators, image_seeds, initial_noise, slerp, varied_noise
 
 __all__ = ["RunOutput", "StepCallback", "run"]
 
@@ -162,6 +162,31 @@ def _denoise(
     return latents
 
 
+def _vary_added_noise(
+    scheduler: Any, variation_seeds: list[int], strength: float, noise_device: Any
+) -> None:
+    """Blend the variation seeds' noise into the noise image-to-image adds to the init latents.
+
+    diffusers draws that noise inside the pipeline, from the seeds' generators, and hands it to
+    ``scheduler.add_noise`` once; this scheduler is built for one batch, so wrapping its
+    ``add_noise`` changes that call only. The variation noise is drawn as diffusers draws the
+    seed's (``randn_tensor``, same shape, device and dtype, after the VAE's sample), so strength
+    1 is the variation seed's noise (exactly, when the VAE and UNet share a dtype).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    add_noise = scheduler.add_noise
+
+    def blended(samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> Any:
+        gens = generators(variation_seeds, noise_device)
+        # The pipeline's generators first drew the VAE's latent sample, of the same shape.
+        randn_tensor(noise.shape, generator=gens, device=noise.device, dtype=noise.dtype)
+        other = randn_tensor(noise.shape, generator=gens, device=noise.device, dtype=noise.dtype)
+        return add_noise(samples, slerp(strength, noise, other), timesteps)
+
+    scheduler.add_noise = blended
+
+
 def img2img_strength(steps: int, strength: float) -> float:
     """Return the strength to give diffusers so that it runs ``round(steps * strength)`` steps.
 
@@ -297,6 +322,10 @@ def run(
                 if init_image is not None:
                     assert params.strength is not None
                     img2img.scheduler = pipe.scheduler
+                    if batch_variation:
+                        _vary_added_noise(
+                            pipe.scheduler, batch_variation, params.variation_strength, noise_device
+                        )
                     masked = (
                         {
                             "mask_image": [mask] * len(batch),

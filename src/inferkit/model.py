@@ -430,11 +430,11 @@ class Model:
                     f"leaves no step to run: round(steps * strength) is 0 with steps="
                     f"{params.steps}; raise strength or steps",
                 )
-            if params.variation_strength > 0:
+            if params.variation_strength > 0 and mask is not None:
                 raise InvalidParameterError(
                     "variation_strength",
                     params.variation_strength,
-                    "is not supported with init_image yet; leave it at 0",
+                    "is not supported with mask (inpainting) yet; leave it at 0",
                 )
         if mask is not None:
             assert original is not None and init is not None  # _check_kind ensured it
