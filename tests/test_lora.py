@@ -34,16 +34,8 @@ def picture(model: inferkit.Model, seed: int = 1) -> np.ndarray:
 
 
 def weights_sha256(model: inferkit.Model) -> str:
-    digest = hashlib.sha256()
-    pipeline = model.pipeline  # the weights as this model (or view) has them
-    for name in ("unet", "text_encoder", "text_encoder_2"):
-        module = getattr(pipeline, name, None)
-        if module is None:
-            continue
-        for key, tensor in sorted(module.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    _ = model.pipeline  # makes the weights this model's (or view's) own
+    return raw_sha256(model)
 
 
 @pytest.mark.parametrize("layout", ["kohya", "peft", "locon"])
@@ -345,3 +337,60 @@ def test_an_unknown_packaged_adapter_names_the_available_ones(
     """inferkit:NAME for a LoRA that is not packaged lists the ones that are."""
     with pytest.raises(inferkit.LoraError, match="inferkit:shapes-night"):
         models["sd1"].with_lora("inferkit:nope")
+
+
+def test_adapters_reach_fused_attention_projections(
+    tiny_paths: dict[str, Path], fp32: dict[str, inferkit.Model], tmp_path: Path
+) -> None:
+    """FastPolicy fuses q/k/v into one layer built from copies; a LoRA on q/k/v still changes
+    the image as it does unfused, and the base model's fused weights come back exactly."""
+    fast = inferkit.Model.load(
+        tiny_paths["sd1"], policy=inferkit.FastPolicy(device="cpu", compile="none")
+    )
+    path = inferkit.testing.write_lora(tmp_path, fast, "kohya", text_encoder=False)
+    before = picture(fast)
+    styled = picture(fast.with_lora(path, 2.0))
+    unfused = picture(fp32["sd1"].with_lora(path, 2.0))
+    assert np.abs(styled - before).mean() > 5
+    assert np.abs(styled - unfused).max() <= 2
+    assert np.array_equal(picture(fast), before)
+
+
+def test_a_failed_merge_leaves_the_base_weights(
+    models: dict[str, inferkit.Model], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error part way through merging (out of memory, say) puts back every weight already
+    changed before it propagates, so nothing is left half merged."""
+    model = models["sd1"]
+    want = weights_sha256(model)
+    view = model.with_lora(inferkit.testing.write_lora(tmp_path, model, "kohya"))
+    calls = {"n": 0}
+    real = inferkit.lora.LoraAdapter.delta
+
+    def failing(self: object, *args: object) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise torch.OutOfMemoryError("injected")
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inferkit.lora.LoraAdapter, "delta", failing)
+    with pytest.raises(torch.OutOfMemoryError):
+        _ = view.pipeline  # merges the view's adapter
+    assert raw_sha256(model) == want  # put back by the failed merge itself
+    result = view.infer(PROMPT, steps=1, seed=0, progress=False)  # the next try merges fully
+    assert result.params.loras == view.loras
+    monkeypatch.undo()
+    assert weights_sha256(model) == want
+
+
+def raw_sha256(model: inferkit.Model) -> str:
+    """The weights as they are now, without making them the model's first."""
+    digest = hashlib.sha256()
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        module = model._components.modules.get(name)
+        if module is None:
+            continue
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

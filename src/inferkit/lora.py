@@ -431,7 +431,7 @@ class LoraPatcher:
     """
 
     backups: dict[tuple[str, str], torch.Tensor] = attrs.field(factory=dict)
-    active: tuple[tuple[int, float], ...] = ()
+    active: tuple[tuple[int, float], ...] | None = ()
 
     @staticmethod
     def _key(stack: Sequence[LoraAdapter]) -> tuple[tuple[int, float], ...]:
@@ -442,7 +442,11 @@ class LoraPatcher:
         return self._key(stack) == self.active
 
     def activate(self, modules: Mapping[str, Any], stack: Sequence[LoraAdapter]) -> None:
-        """Make ``modules``' weights the base weights plus ``stack``'s deltas."""
+        """Make ``modules``' weights the base weights plus ``stack``'s deltas.
+
+        If merging fails part way (out of memory, say), every weight is put back before the
+        error is raised, so the model is never left half merged.
+        """
         wanted = self._key(stack)
         if wanted == self.active:
             return
@@ -451,20 +455,53 @@ class LoraPatcher:
         for adapter in stack:
             for patch in adapter.patches:
                 by_target.setdefault((patch.component, patch.module), []).append((adapter, patch))
+        touched = set(self.backups) | set(by_target)
+        self.active = None  # unknown until this call finishes
         with torch.no_grad():
-            self._restore(layers)
-            self.active = ()
-            for target, patches in by_target.items():  # one layer's float32 delta at a time
-                weight = layers[target[0]][target[1]].weight
-                total = weight.detach().to(torch.float32, copy=True)  # never a view of weight
-                for adapter, patch in patches:
-                    delta = adapter.delta(patch, weight.shape, weight.device)
-                    total.add_(delta, alpha=adapter.info.scale)
-                self.backups[target] = weight.detach().to("cpu", copy=True)
-                weight.copy_(total.to(weight.dtype))
+            try:
+                self._restore(layers)
+                for target, patches in by_target.items():  # one layer's float32 delta at a time
+                    weight = layers[target[0]][target[1]].weight
+                    total = weight.detach().to(torch.float32, copy=True)  # never a view
+                    for adapter, patch in patches:
+                        delta = adapter.delta(patch, weight.shape, weight.device)
+                        total.add_(delta, alpha=adapter.info.scale)
+                    self.backups[target] = weight.detach().to("cpu", copy=True)
+                    weight.copy_(total.to(weight.dtype))
+            except BaseException:
+                self._restore(layers)
+                _refresh_fused(modules, touched)
+                self.active = ()
+                raise
+            _refresh_fused(modules, touched)
         self.active = wanted
 
     def _restore(self, layers: Mapping[str, Mapping[str, _Layer]]) -> None:
         for (component, module), original in self.backups.items():
             layers[component][module].weight.copy_(original)
         self.backups.clear()
+
+
+def _refresh_fused(modules: Mapping[str, Any], touched: set[tuple[str, str]]) -> None:
+    """Copy q/k/v weights into fused projections (``fuse_qkv_projections``) that hold copies.
+
+    diffusers' fused attention reads ``to_qkv`` (self-attention) or ``to_kv`` (cross-attention),
+    built once from copies of ``to_q``/``to_k``/``to_v``; writing in place keeps the fused
+    layers' storage, so compiled code and recorded CUDA graphs see the change.
+    """
+    parents = {
+        (component, name.rsplit(".", 1)[0])
+        for component, name in touched
+        if name.endswith((".to_q", ".to_k", ".to_v"))
+    }
+    for component, parent_name in parents:
+        attention = modules[component].get_submodule(parent_name)
+        if not getattr(attention, "fused_projections", False):
+            continue
+        q, k, v = (getattr(attention, n).weight for n in ("to_q", "to_k", "to_v"))
+        fused_qkv = getattr(attention, "to_qkv", None)
+        fused_kv = getattr(attention, "to_kv", None)
+        if fused_qkv is not None and not attention.is_cross_attention:
+            fused_qkv.weight.copy_(torch.cat([q, k, v]))
+        elif fused_kv is not None:
+            fused_kv.weight.copy_(torch.cat([k, v]))

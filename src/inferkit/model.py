@@ -569,7 +569,6 @@ class Model:
         show = sys.stderr.isatty() if progress is None else bool(progress)
         with self._s.lock:
             self._check_open()
-            self._s.patcher.activate(self._s.components.modules, self._loras)
             notes = list(self._warnings(resolved))
             if start.note is not None:
                 notes.append(start.note)
@@ -577,6 +576,7 @@ class Model:
             while True:
                 failure: torch.OutOfMemoryError | None = None
                 try:
+                    self._s.patcher.activate(self._s.components.modules, self._loras)
                     out = run(
                         self._s.pipeline,
                         architecture=self._s.components.architecture,
