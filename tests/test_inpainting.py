@@ -166,6 +166,10 @@ def test_the_result_records_the_mask(
     plain = shapes.infer("a blue circle", init_image=red_circle, steps=4, seed=1)
     assert plain.params.mask_sha256 is None
     assert "Mask blur" not in plain.images[0].infotext
+    decoded = shapes.infer(
+        "a blue circle", init_image=red_circle, mask=box_mask, steps=4, seed=1, keep_unmasked=False
+    )
+    assert "Mask blur" not in decoded.images[0].infotext  # no blur was applied
 
 
 def test_the_mask_follows_the_init_image_when_it_is_resized(shapes: inferkit.Model) -> None:

@@ -150,14 +150,18 @@ def test_a_scale_of_zero_changes_nothing(models: dict[str, inferkit.Model], tmp_
 
 def test_the_result_records_each_adapter(models: dict[str, inferkit.Model], tmp_path: Path) -> None:
     """params.loras names each file with its sha256 and scale; infotext has Lora hashes as
-    AUTOMATIC1111 writes them."""
+    AUTOMATIC1111 writes them (the "addnet" hash of the tensor data) and the scales."""
     model = models["sd1"]
     path = inferkit.testing.write_lora(tmp_path, model, "kohya")
     result = model.with_lora(path, 0.8).infer(PROMPT, steps=2, seed=1, progress=False)
     (lora,) = result.params.loras
     assert lora.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert (lora.name, lora.scale, lora.layout, lora.unmatched) == ("kohya", 0.8, "kohya", 0)
-    assert f'Lora hashes: "kohya: {lora.sha256[:12]}"' in result.images[0].infotext
+    data = path.read_bytes()
+    addnet = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
+    assert lora.data_sha256 == addnet
+    assert f'Lora hashes: "kohya: {addnet[:12]}"' in result.images[0].infotext
+    assert 'Lora scales: "kohya: 0.8"' in result.images[0].infotext
     assert result.images[0].metadata["params"]["loras"][0]["sha256"] == lora.sha256
 
 
@@ -394,3 +398,56 @@ def raw_sha256(model: inferkit.Model) -> str:
             digest.update(key.encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _renamed(path: Path, out: Path, rename: object) -> Path:
+    with SafetensorsFile(path) as f:
+        tensors = {rename(k): f.read(k).clone() for k in f.tensors}  # type: ignore[operator]
+    write_file(out, tensors)
+    return out
+
+
+def test_older_diffusers_and_text_only_peft_names_merge_like_peft(
+    fp32: dict[str, inferkit.Model], tmp_path: Path
+) -> None:
+    """The same tensors under diffusers' older names (processor.to_q_lora, lora_linear_layer)
+    or as a PEFT text-encoder adapter (base_model.model.text_model...) give the same image."""
+    model = fp32["sd1"]
+    peft = inferkit.testing.write_lora(tmp_path, model, "peft")
+    want = picture(model.with_lora(peft))
+
+    def old(key: str) -> str:
+        key = key.replace(".lora_A.weight", ".down").replace(".lora_B.weight", ".up")
+        if key.startswith("unet."):
+            stem, _, role = key.rpartition(".")
+            head, _, proj = stem.rpartition(".")
+            if proj == "0":  # to_out.0
+                head, _, proj = head.rpartition(".")
+            return f"{head}.processor.{proj}_lora.{role}.weight"
+        return key.replace(".down", ".lora_linear_layer.down.weight").replace(
+            ".up", ".lora_linear_layer.up.weight"
+        )
+
+    older = _renamed(peft, tmp_path / "old.safetensors", old)
+    assert picture(model.with_lora(older)).tolist() == want.tolist()
+    text_only = _renamed(
+        peft,
+        tmp_path / "te.safetensors",
+        lambda k: (
+            k.replace("text_encoder.", "base_model.model.") if k.startswith("text_encoder.") else k
+        ),
+    )
+    assert model.with_lora(text_only).loras[0].unmatched == 0
+
+
+def test_fully_opaque_rgba_masks_use_their_paint() -> None:
+    """An RGBA mask with no transparency (a common editor export) is read by its grey levels:
+    white paint is the area to repaint."""
+    from PIL import Image
+
+    from inferkit.images import to_mask
+
+    image = Image.new("RGBA", (8, 8), (0, 0, 0, 255))
+    image.paste((255, 255, 255, 255), (0, 0, 4, 8))
+    mask = np.asarray(to_mask(image))
+    assert mask[:, :4].min() == 255 and mask[:, 4:].max() == 0

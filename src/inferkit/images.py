@@ -80,10 +80,11 @@ def to_rgb(value: Any) -> Any:
 def to_mask(value: Any) -> Any:
     """Return ``value`` as a black-and-white (mode ``"L"``) PIL image: white is repainted.
 
-    ``value`` is a PIL image (RGBA images use their alpha channel: transparent is repainted),
-    a path, or an array (``H x W`` of booleans, of ``0..255`` integers or of ``0..1`` floats,
-    or ``H x W x 3``). Grey levels of at least :data:`MASK_THRESHOLD` become white, the rest
-    black, so that a mask means the same whatever its anti-aliasing.
+    ``value`` is a PIL image, a path, or an array (``H x W`` of booleans, of ``0..255``
+    integers or of ``0..1`` floats, or ``H x W x 3``). An RGBA image with any transparency
+    uses its alpha channel (transparent is repainted, as in ComfyUI and OpenAI's API); a fully
+    opaque one its grey levels. Grey levels of at least :data:`MASK_THRESHOLD` become white,
+    the rest black, so that a mask means the same whatever its anti-aliasing.
 
     Raises:
         InvalidParameterError: the value is none of those, or it marks nothing to repaint.
@@ -101,8 +102,12 @@ def to_mask(value: Any) -> Any:
     if isinstance(value, (str, os.PathLike)):
         value = _open(value, "mask", "RGBA") if _has_alpha(value) else _open(value, "mask", "L")
     if isinstance(value, Image.Image):
+        alpha = None
         if value.mode in ("RGBA", "LA") or "transparency" in value.info:
             alpha = value.convert("RGBA").getchannel("A")
+            if alpha.getextrema() == (255, 255):
+                alpha = None  # fully opaque: the paint says where, as in a greyscale mask
+        if alpha is not None:
             grey = np.asarray(alpha.point(lambda a: 255 - a), dtype=np.uint8)
         else:
             grey = np.asarray(value.convert("L"), dtype=np.uint8)
@@ -169,9 +174,10 @@ def fit_mask(mask: Any, original: tuple[int, int], size: tuple[int, int]) -> Any
 def paste_unmasked(generated: Any, init: Any, mask: Any, blur: int) -> Any:
     """Return ``generated`` with ``init``'s pixels put back where ``mask`` is black.
 
-    The mask is blurred by ``blur`` pixels (a Gaussian radius) so the seam fades, as
-    AUTOMATIC1111's "mask blur" does; pixels further than that from the mask are ``init``'s
-    exactly.
+    The mask is blurred with a Gaussian of radius ``blur`` so the seam fades both ways, as
+    AUTOMATIC1111's "mask blur" does: near the mask's edge, inside and outside, pixels are a
+    mix of the two. Pixels about ``3 * blur`` or more outside the mask are ``init``'s exactly;
+    with ``blur=0`` the mask's edge is hard.
 
     Example:
         >>> from PIL import Image

@@ -22,6 +22,7 @@ import itertools
 import math
 import os
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,10 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".lora_B.weight", "up"),
     (".lora.down.weight", "down"),
     (".lora.up.weight", "up"),
+    ("_lora.down.weight", "down"),  # diffusers' attention processors: processor.to_q_lora
+    ("_lora.up.weight", "up"),
+    (".lora_linear_layer.down.weight", "down"),  # diffusers' older text encoder layers
+    (".lora_linear_layer.up.weight", "up"),
     (".hada_w1_a", "w1a"),
     (".hada_w1_b", "w1b"),
     (".hada_w2_a", "w2a"),
@@ -60,7 +65,7 @@ _SUFFIXES: tuple[tuple[str, str], ...] = (
     (".alpha", "alpha"),
 )
 _PEFT_NAMED = re.compile(r"^(.*)\.lora_([AB])\.[^.]+\.weight$")  # lora_A.<adapter>.weight
-_OLD_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora$")
+_OLD_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)$")
 _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder"}
 _KOHYA_PREFIXES["lora_te2_"] = "text_encoder_2"
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -81,11 +86,14 @@ class LoraInfo:
             convolutions too; LoHa; LoKr).
         layers: how many of the model's layers it changes.
         unmatched: how many of its layers the model does not have (0 for a clean match).
+        data_sha256: the sha256 of the file's tensor data (the bytes after the header), which
+            AUTOMATIC1111 calls the "addnet" hash; it ignores edits to the metadata.
 
     Example:
-        >>> info = LoraInfo("style", "style.safetensors", "ab" * 32, 0.8, "kohya", 192, 0)
+        >>> info = LoraInfo("style", "style.safetensors", "ab" * 32, 0.8, "kohya", 192, 0,
+        ...                 data_sha256="cd" * 32)
         >>> info.short_hash
-        'abababababab'
+        'cdcdcdcdcdcd'
 
     """
 
@@ -96,11 +104,12 @@ class LoraInfo:
     layout: str
     layers: int
     unmatched: int = 0
+    data_sha256: str = ""
 
     @property
     def short_hash(self) -> str:
-        """The first 12 hex digits of the file's sha256 (written in infotext)."""
-        return self.sha256[:12]
+        """The first 12 hex digits of ``data_sha256``, as infotext's ``Lora hashes`` has them."""
+        return self.data_sha256[:12]
 
 
 @attrs.frozen(eq=False)
@@ -205,9 +214,10 @@ def _lookup(
         )
         for name in names:
             target = (component, name)
-            table[f"{component}.{name}"] = target
-            for prefix in kohya:
-                table[prefix + name.replace(".", "_")] = target
+            for alias in _aliases(component, name):
+                table[f"{component}.{alias}"] = target
+                for prefix in kohya:
+                    table[prefix + alias.replace(".", "_")] = target
         if component == "unet" and unet_config is not None:
             up_attention = [t.startswith("CrossAttn") for t in unet_config.up_block_types]
             lpb = unet_config.layers_per_block
@@ -223,6 +233,19 @@ def _lookup(
     return table
 
 
+def _aliases(component: str, name: str) -> tuple[str, ...]:
+    """Names a layer has in files: text encoders with and without ``text_model.``.
+
+    LoRA files name CLIP layers ``text_model.encoder...``; transformers 5's ``CLIPTextModel``
+    dropped that level (``encoder...``) while ``CLIPTextModelWithProjection`` kept it.
+    """
+    if component == "unet":
+        return (name,)
+    if name.startswith("text_model."):
+        return name, name.removeprefix("text_model.")
+    return name, "text_model." + name
+
+
 def _split(key: str) -> tuple[str, str] | None:
     """Return ``(layer name, role)`` of a tensor name, or None for names of no known role."""
     if m := _PEFT_NAMED.match(key):
@@ -236,6 +259,8 @@ def _split(key: str) -> tuple[str, str] | None:
 def _normalise(layer: str) -> str:
     """Bring diffusers/PEFT layer names to ``component.module`` form."""
     layer = layer.removeprefix("base_model.model.")
+    if layer.startswith("text_model."):
+        layer = "text_encoder." + layer  # PEFT adapters of a CLIP text encoder alone
     if m := _OLD_PROCESSOR.search(layer):
         target = "to_out.0" if m[1] == "to_out" else m[1]
         layer = layer[: m.start()] + "." + target
@@ -344,6 +369,7 @@ def read_lora(
         name=file.name.removesuffix(".safetensors"),
         path=where,
         sha256=file_sha256(file),
+        data_sha256=_data_sha256(file),
         scale=float(scale),
         layout=_layout(groups),
         layers=len(patches),
@@ -354,6 +380,19 @@ def read_lora(
         weight = layers[patch.component][patch.module].weight
         adapter.delta(patch, weight.shape, torch.device("cpu"))
     return adapter
+
+
+def _data_sha256(file: Path) -> str:
+    """Return the sha256 of a safetensors file's bytes after its header ("addnet" hash)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + length)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _refuse_unsupported(groups: Mapping[str, Mapping[str, torch.Tensor]], where: str) -> None:

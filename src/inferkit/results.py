@@ -303,7 +303,7 @@ def image_record(
         "Size": f"{params.width}x{params.height}",
         **_variation_fields(params, index),
         **({"Denoising strength": params.strength} if params.strength is not None else {}),
-        **({"Mask blur": params.mask_blur} if params.mask_blur is not None else {}),
+        **({"Mask blur": params.mask_blur} if params.keep_unmasked else {}),
         **_lora_fields(params),
         "Model hash": model.hash,
         "Model": model.name,
@@ -326,7 +326,14 @@ def _variation_fields(params: ResolvedParams, index: int) -> dict[str, Any]:
 
 
 def _lora_fields(params: ResolvedParams) -> dict[str, Any]:
-    """AUTOMATIC1111's ``Lora hashes`` field: each adapter's name and short file hash."""
+    """AUTOMATIC1111's ``Lora hashes`` (name and short "addnet" hash), and the scales.
+
+    AUTOMATIC1111 carries scales as ``<lora:name:0.8>`` tags in the prompt, which inferkit's
+    prompts do not use, so they get a field of their own.
+    """
     if not params.loras:
         return {}
-    return {"Lora hashes": ", ".join(f"{x.name}: {x.short_hash}" for x in params.loras)}
+    return {
+        "Lora hashes": ", ".join(f"{x.name}: {x.short_hash}" for x in params.loras),
+        "Lora scales": ", ".join(f"{x.name}: {x.scale:g}" for x in params.loras),
+    }

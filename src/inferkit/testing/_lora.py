@@ -52,7 +52,12 @@ def _kohya_name(component: str, name: str, model: Model) -> str:
         return "lora_unet_" + name.replace(".", "_")
     sdxl = model._components.architecture.startswith("sdxl")
     prefix = {"text_encoder": "lora_te1_" if sdxl else "lora_te_"}.get(component, "lora_te2_")
-    return prefix + name.replace(".", "_")
+    return prefix + _text_name(name).replace(".", "_")
+
+
+def _text_name(name: str) -> str:
+    """Return a text encoder layer's name as LoRA files write it (under ``text_model.``)."""
+    return name if name.startswith("text_model.") else "text_model." + name
 
 
 def write_lora(
@@ -108,7 +113,7 @@ def write_lora(
         kernel = tuple(int(k) for k in weight.shape[2:])
         stored_alpha = {} if alpha is None else {"alpha": torch.tensor(float(alpha))}
         if layout == "peft":
-            key = f"{component}.{name}"
+            key = f"{component}.{name if component == 'unet' else _text_name(name)}"
             tensors[f"{key}.lora_A.weight"] = rand(rank, in_dim)
             tensors[f"{key}.lora_B.weight"] = rand(out_dim, rank)
             continue
