@@ -159,3 +159,36 @@ def test_weighting_changes_the_image_and_can_be_turned_off() -> None:
     assert weighted.params.prompt_weighting and not literal.params.prompt_weighting
     assert weighted.params.prompt_tokens == plain.params.prompt_tokens
     assert literal.params.prompt_tokens > plain.params.prompt_tokens
+
+
+@pytest.mark.parametrize(
+    ("prompt", "says"),
+    [
+        ("a red circle <lora:style:0.8>", "with_lora"),
+        ("a [red:blue:0.5] circle", "prompt editing"),
+        ("a [red|blue] circle", "prompt editing"),
+        ("a [blue:10] circle", "prompt editing"),
+    ],
+)
+def test_automatic1111_syntax_inferkit_does_not_read_is_pointed_out(
+    sd1: inferkit.Model, prompt: str, says: str
+) -> None:
+    """LoRA tags and prompt editing pasted from AUTOMATIC1111 run as text, with a warning that
+    says what inferkit does instead; plain weighting gets no warning."""
+    result = sd1.infer(prompt, steps=1, seed=0, progress=False)
+    assert any(says in w for w in result.warnings), result.warnings
+    plain = sd1.infer("a [red] (circle:1.2)", steps=1, seed=0, progress=False)
+    assert not any("prompt editing" in w or "with_lora" in w for w in plain.warnings)
+
+
+def test_full_windows_end_after_a_late_comma(sd1: inferkit.Model) -> None:
+    """A window that fills up ends after its last comma when that comma is among the last 20
+    tokens, so the phrase after it starts the next window whole (AUTOMATIC1111's rule)."""
+    tok = sd1.pipeline.tokenizer
+    phrase = "the red circle,"  # 4 tokens with the comma
+    parts = chunks(tok, phrase * 20)
+    comma = tok(",", add_special_tokens=False).input_ids[0]
+    assert [len(ids) for ids, _ in parts] == [72, 8]
+    assert parts[0][0][-1] == comma
+    spaced = chunks(tok, "red " * 40 + "," + " red" * 60)  # comma 35 tokens from the end
+    assert [len(ids) for ids, _ in spaced] == [75, 26]

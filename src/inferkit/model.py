@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import gc
 import os
+import re
 import sys
 import threading
 import traceback
@@ -51,6 +52,9 @@ from inferkit.seeds import draw_seed, image_seeds
 __all__ = ["Model"]
 
 _PARAM_NAMES = tuple(a.name for a in attrs.fields(GenerationParams))
+# AUTOMATIC1111 prompt syntax inferkit does not interpret, so that a pasted prompt says so.
+_EXTRA_NETWORK = re.compile(r"<(lora|lyco|hypernet):[^>]*>", re.IGNORECASE)
+_PROMPT_EDITING = re.compile(r"(?<!\\)\[([^\[\]]*(:[^\[\]]*:|\|)[^\[\]]*|[^\[\]:]*:\s*[\d.]+\s*)\]")
 
 
 def _version() -> str:
@@ -681,6 +685,17 @@ class Model:
                 notes.append(
                     f"lora {lora.name!r}: {lora.unmatched} of its layers are not in this model "
                     f"and were skipped ({lora.layers} applied); with_lora(strict=True) refuses"
+                )
+        for text in (params.prompt, params.negative_prompt):
+            if _EXTRA_NETWORK.search(text):
+                notes.append(
+                    "the prompt's <lora:...> (or <lyco:...>, <hypernet:...>) tags are read as "
+                    "text; apply LoRAs with model.with_lora(path, scale) (CLI: --lora PATH:SCALE)"
+                )
+            if params.prompt_weighting and _PROMPT_EDITING.search(text):
+                notes.append(
+                    "prompt editing and alternation ([from:to:when], [a|b]) are not supported: "
+                    "their brackets are read as weighting (divided by 1.1)"
                 )
         if (
             params.prompt_weighting

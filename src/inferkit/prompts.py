@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Chunk", "chunks", "encode_long", "needs_own_encoding", "token_count"]
+__all__ = ["COMMA_BACKTRACK", "Chunk", "chunks", "encode_long", "needs_own_encoding", "token_count"]
 
 Chunk = tuple[list[int], list[float]]
 """One window's token ids and their weights."""
@@ -58,36 +58,56 @@ def _window(tokenizer: Any) -> int:
     return int(tokenizer.model_max_length) - 2
 
 
+COMMA_BACKTRACK = 20
+"""A window that fills up ends after its last comma when that comma is this close to the end
+(AUTOMATIC1111's default), so that a phrase is not cut in two."""
+
+
 def chunks(tokenizer: Any, text: str, *, weighting: bool = False) -> list[Chunk]:
     """Split ``text``'s tokens into windows of 75 (at least one, possibly empty).
 
-    With ``weighting``, the weighting syntax gives each token its weight, and ``BREAK``
-    starts a new window; otherwise every weight is 1.
+    A full window ends after its last comma if that is within :data:`COMMA_BACKTRACK` tokens
+    of its end, as AUTOMATIC1111 does. With ``weighting``, the weighting syntax gives each
+    token its weight, and ``BREAK`` starts a new window; otherwise every weight is 1.
     """
-    size = _window(tokenizer)
+    segments: list[tuple[list[int], list[float]]] = [([], [])]
     if not weighting:
         ids = _token_ids(tokenizer, text)
-        return [
-            (ids[i : i + size], [1.0] * len(ids[i : i + size])) for i in range(0, len(ids), size)
-        ] or [([], [])]
-    from inferkit.prompt_weights import BREAK, parse_weights
+        segments = [(ids, [1.0] * len(ids))]
+    else:
+        from inferkit.prompt_weights import BREAK, parse_weights
 
+        for fragment, weight in parse_weights(text):
+            if fragment == BREAK and weight == -1.0:
+                segments.append(([], []))
+                continue
+            tokens = _token_ids(tokenizer, fragment)
+            segments[-1][0].extend(tokens)
+            segments[-1][1].extend([weight] * len(tokens))
+    comma = _comma_id(tokenizer)
+    size = _window(tokenizer)
     out: list[Chunk] = []
-    ids_now: list[int] = []
-    weights_now: list[float] = []
-    for fragment, weight in parse_weights(text):
-        if fragment == BREAK and weight == -1.0:
-            out.append((ids_now, weights_now))
-            ids_now, weights_now = [], []
-            continue
-        for token in _token_ids(tokenizer, fragment):
-            if len(ids_now) == size:
-                out.append((ids_now, weights_now))
-                ids_now, weights_now = [], []
-            ids_now.append(token)
-            weights_now.append(weight)
-    if ids_now or not out:
-        out.append((ids_now, weights_now))
+    for ids, weights in segments:
+        out.extend(_windows(ids, weights, size, comma))
+    return out
+
+
+def _comma_id(tokenizer: Any) -> int | None:
+    ids = _token_ids(tokenizer, ",")
+    return ids[0] if len(ids) == 1 else None
+
+
+def _windows(ids: list[int], weights: list[float], size: int, comma: int | None) -> list[Chunk]:
+    """Cut one BREAK-free run of tokens into windows (one, empty, for no tokens)."""
+    out: list[Chunk] = []
+    while len(ids) > size:
+        cut = size
+        last = max((i for i in range(size) if ids[i] == comma), default=-1)
+        if last >= 0 and size - last <= COMMA_BACKTRACK:
+            cut = last + 1
+        out.append((ids[:cut], weights[:cut]))
+        ids, weights = ids[cut:], weights[cut:]
+    out.append((ids, weights))
     return out
 
 
