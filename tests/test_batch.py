@@ -286,6 +286,22 @@ def test_a_rerun_skips_done_rows_without_loading_the_model(
     assert (again.total, again.done, again.skipped, again.failed) == (2, 0, 2, 0)
 
 
+def test_a_row_whose_prompt_changed_under_its_id_is_generated_again(
+    sd1: inferkit.Model, tmp_path: Path
+) -> None:
+    """A rerun skips an id only when its prompt and seed are those recorded: an edited prompt
+    under the same given id makes a new image and replaces the record."""
+    run_local(sd1, [{"prompt": "a cat", "id": "pet"}], tmp_path, defaults={"steps": 2},
+              progress=False)  # fmt: skip
+    again = run_local(
+        sd1, [{"prompt": "a dog", "id": "pet"}], tmp_path, defaults={"steps": 2}, progress=False
+    )
+    assert (again.done, again.skipped) == (1, 0)
+    (record,) = read_manifest(tmp_path).to_pylist()
+    assert record["prompt"] == "a dog"
+    assert inferkit.read_metadata(tmp_path / "images" / "pet.png").prompt == "a dog"
+
+
 def test_failed_rows_are_retried_on_the_next_run(
     sd1: inferkit.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -624,8 +624,16 @@ class _Plan:
 
 
 def _plan(
-    rows: Iterable[Mapping[str, Any]], defaults: Mapping[str, Any] | None, done: frozenset[str]
+    rows: Iterable[Mapping[str, Any]],
+    defaults: Mapping[str, Any] | None,
+    done: Mapping[str, tuple[str, int]],
 ) -> _Plan:
+    """Sort rows into those to generate, those invalid, and those done before.
+
+    A row counts as done when its id was generated without error and its image is still there,
+    and (for a row that parses) with the same prompt and seed: a row whose given ``id`` was
+    kept while its prompt or seed was edited is generated again.
+    """
     if isinstance(rows, (str, bytes, os.PathLike)):
         raise InvalidParameterError(
             "rows", rows, "must be an iterable of mappings; read a file with read_prompts(path)"
@@ -657,7 +665,7 @@ def _plan(
             skipped += 1
             continue
         seen[row_id] = parsed
-        if row_id in done:
+        if row_id in done and (parsed is None or done[row_id] == (parsed.prompt, parsed.seed)):
             skipped += 1
         elif parsed is None:
             invalid.append(record)
@@ -793,15 +801,15 @@ class _Output:
                 latest[record["id"]] = record
         return records_table(list(latest.values()), manifest=True)
 
-    def done(self) -> frozenset[str]:
-        """Ids recorded without error whose image is still there."""
+    def done(self) -> dict[str, tuple[str, int]]:
+        """Ids recorded without error whose image is still there, with their prompt and seed."""
         images = self.image_names()
         table = self.read()
-        return frozenset(
-            r["id"]
-            for r in table.select(["id", "error", "path"]).to_pylist()
+        return {
+            r["id"]: (r["prompt"], r["seed"])
+            for r in table.select(["id", "prompt", "seed", "error", "path"]).to_pylist()
             if r["error"] is None and r["path"] and r["path"].rsplit("/", 1)[-1] in images
-        )
+        }
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Write records as a new manifest part."""

@@ -336,9 +336,9 @@ def generate(
     is_dataset = hasattr(dataset_or_rows, "map_batches")
     if is_dataset:
         plan = None
-        done = output.done() if output is not None else frozenset()
+        done = frozenset(output.done()) if output is not None else frozenset()
     else:
-        plan = _plan(dataset_or_rows, defaults, output.done() if output else frozenset())
+        plan = _plan(dataset_or_rows, defaults, output.done() if output else {})
         done = frozenset()
         if output is not None and not plan.todo:  # nothing to submit: no Ray at all
             recorder = _Recorder(output, flush_every)
