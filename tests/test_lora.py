@@ -451,3 +451,22 @@ def test_fully_opaque_rgba_masks_use_their_paint() -> None:
     image.paste((255, 255, 255, 255), (0, 0, 4, 8))
     mask = np.asarray(to_mask(image))
     assert mask[:, :4].min() == 255 and mask[:, 4:].max() == 0
+
+
+def test_layers_whose_ranks_disagree_are_refused_when_read(
+    models: dict[str, inferkit.Model], tmp_path: Path
+) -> None:
+    """An up weight of rank 4 paired with a down weight of rank 8 is caught by with_lora,
+    before any infer, naming the layer."""
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    path = tmp_path / "ranks.safetensors"
+    write_file(
+        path,
+        {
+            f"{name}.lora_up.weight": torch.zeros(32, 4),
+            f"{name}.lora_down.weight": torch.zeros(8, 32),
+        },
+    )
+    with pytest.raises(inferkit.LoraError, match="do not fit together") as e:
+        models["sd1"].with_lora(path)
+    assert name in str(e.value)

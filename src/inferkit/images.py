@@ -31,12 +31,13 @@ MASK_THRESHOLD = 128
 """Mask pixels at or above this grey level (of 255) are repainted; those below are kept."""
 
 
-def _open(value: str | os.PathLike[str], name: str, mode: str) -> Any:
+def _open(value: str | os.PathLike[str], name: str, mode: str | None) -> Any:
+    """Read an image file, converted to ``mode`` (``None``: as stored, alpha included)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(value) as image:
-            return image.convert(mode)
+            return image.convert(mode) if mode else image.copy()
     except FileNotFoundError as e:
         raise InvalidParameterError(name, str(value), "no such file") from e
     except (UnidentifiedImageError, OSError) as e:
@@ -100,7 +101,7 @@ def to_mask(value: Any) -> Any:
     from PIL import Image
 
     if isinstance(value, (str, os.PathLike)):
-        value = _open(value, "mask", "RGBA") if _has_alpha(value) else _open(value, "mask", "L")
+        value = _open(value, "mask", None)
     if isinstance(value, Image.Image):
         alpha = None
         if value.mode in ("RGBA", "LA") or "transparency" in value.info:
@@ -139,16 +140,6 @@ def to_mask(value: Any) -> Any:
             "mask", "an all-black mask", "marks nothing to repaint; paint white where to repaint"
         )
     return Image.fromarray(np.ascontiguousarray(binary), mode="L")
-
-
-def _has_alpha(path: str | os.PathLike[str]) -> bool:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.mode in ("RGBA", "LA") or "transparency" in image.info
-    except OSError:
-        return False  # _open reports it
 
 
 def fit_mask(mask: Any, original: tuple[int, int], size: tuple[int, int]) -> Any:

@@ -306,7 +306,6 @@ def read_lora(
         UnsupportedModelError: the file is not safetensors (pickled LoRAs are not read).
 
     """
-    from inferkit.hashing import file_sha256
     from inferkit.safetensors_io import SafetensorsFile
 
     if not isinstance(path, (str, os.PathLike)):
@@ -365,34 +364,38 @@ def read_lora(
             f"{len(patches)} that match",
             path=where,
         )
+    sha256, data_sha256 = _sha256s(file)
     info = LoraInfo(
         name=file.name.removesuffix(".safetensors"),
         path=where,
-        sha256=file_sha256(file),
-        data_sha256=_data_sha256(file),
+        sha256=sha256,
+        data_sha256=data_sha256,
         scale=float(scale),
         layout=_layout(groups),
         layers=len(patches),
         unmatched=len(missing),
     )
     adapter = LoraAdapter(info, tuple(patches))
-    for patch in adapter.patches:  # shapes are checked now, not at the first infer
+    for patch in adapter.patches:  # shapes are checked now (on meta: no arithmetic)
         weight = layers[patch.component][patch.module].weight
-        adapter.delta(patch, weight.shape, torch.device("cpu"))
+        adapter.delta(patch, weight.shape, torch.device("meta"))
     return adapter
 
 
-def _data_sha256(file: Path) -> str:
-    """Return the sha256 of a safetensors file's bytes after its header ("addnet" hash)."""
+def _sha256s(file: Path) -> tuple[str, str]:
+    """Return the sha256 of a file and of its bytes after the header, in one read."""
     import hashlib
 
-    digest = hashlib.sha256()
+    whole, data = hashlib.sha256(), hashlib.sha256()
     with open(file, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        fh.seek(8 + length)
+        prefix = fh.read(8)
+        (length,) = struct.unpack("<Q", prefix)
+        whole.update(prefix)
+        whole.update(fh.read(length))
         for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            whole.update(block)
+            data.update(block)
+    return whole.hexdigest(), data.hexdigest()
 
 
 def _refuse_unsupported(groups: Mapping[str, Mapping[str, torch.Tensor]], where: str) -> None:
