@@ -473,18 +473,31 @@ def measure_loads(arch: str, folder: Path, single: Path, device: str) -> None:
 
 
 def fast_policy(device: str, variant: str, cache: str) -> Any:
-    """``"full+tune"`` is compile="full" with tune_kernels=True."""
+    """``MODE[+tune][+fp8][-nocl]``: e.g. ``"full+tune+fp8"`` is compile="full" with
+    tune_kernels=True and quantize="fp8"."""
     import inferkit
 
     base, _, layout = variant.partition("-")
-    mode, _, tune = base.partition("+")
+    mode, *flags = base.split("+")
+    unknown = set(flags) - {"tune", "fp8"}
+    if unknown:
+        raise ValueError(f"unknown variant flags {sorted(unknown)} in {variant!r}")
     return inferkit.FastPolicy(
         device=device,
         compile=mode,
         cache_dir=cache,
-        tune_kernels=bool(tune),
+        tune_kernels="tune" in flags,
+        quantize="fp8" if "fp8" in flags else "none",
         channels_last=layout != "nocl",
     )
+
+
+def stage_estimate(variant: str) -> float:
+    """Seconds a fast variant takes on an H200 for SD 1.5 (compile dominates)."""
+    base = variant.split("-")[0]
+    mode, *flags = base.split("+")
+    seconds = {"none": 15.0, "regional": 30.0, "full": 70.0}[mode]
+    return seconds + 40.0 * ("tune" in flags) + 10.0 * ("fp8" in flags)
 
 
 def warm_process(arch: str, source: Path, device: str, variant: str, cache: str) -> None:
@@ -532,7 +545,7 @@ def fp32_reference(arch: str, folder: Path, device: str) -> torch.Tensor:
     return out
 
 
-def shapes_check(device: str, policy: Any) -> None:
+def shapes_check(device: str, policy: Any, label: str = "fast") -> None:
     """The embedded trained model: default and fast paths judged by the shapes checker."""
     import inferkit
     from inferkit.zoo.shapes import checker
@@ -542,19 +555,19 @@ def shapes_check(device: str, policy: Any) -> None:
         ("a blue square on a white background", "blue", "square"),
         ("a green triangle on a white background", "green", "triangle"),
     ]
-    out: dict[str, Any] = {"arch": "shapes", "path": "embedded model: default vs fast"}
+    out: dict[str, Any] = {"arch": "shapes", "path": f"embedded model: default vs {label}"}
     images: dict[str, list[torch.Tensor]] = {}
-    for label, pol in (("default", None), ("fast", policy)):
+    for name, pol in (("default", None), ("fast", policy)):
         model = inferkit.Model.load("inferkit:shapes", device=device, policy=pol)
         verdicts = []
-        images[label] = []
+        images[name] = []
         for prompt, colour, shape in prompts:
             r = model.infer(prompt, steps=20, seed=3, progress=False)
             img = r.images[0].image
-            images[label].append(pixels(img))
+            images[name].append(pixels(img))
             verdict = checker.judge(img)
             verdicts.append([verdict.color == colour, verdict.shape == shape])
-        out[f"{label}_correct"] = verdicts
+        out[f"{name}_correct"] = verdicts
         model.close()
     diffs = [
         float((a - b).abs().mean()) for a, b in zip(images["default"], images["fast"], strict=True)
@@ -657,6 +670,59 @@ def sdpa_bench(device: str) -> None:
     row(arch="attention", path="sdpa backends (bf16)", results=out)
 
 
+def fp8_matmul_bench(device: str, tiny: bool) -> None:
+    """bf16 matrix products against inferkit's row-scaled fp8 layer on the UNets' linear shapes
+    (tokens x in -> out, batch 2 with guidance), eager and compiled, plus each layer's error."""
+    from inferkit.fp8 import Fp8Linear
+
+    shapes = {
+        "sd15 ff in (8192x320 -> 2560)": (8192, 320, 2560),
+        "sd15 qkv (8192x320 -> 960)": (8192, 320, 960),
+        "sdxl ff in (8192x640 -> 5120)": (8192, 640, 5120),
+        "sdxl ff in (2048x1280 -> 10240)": (2048, 1280, 10240),
+        "sdxl ff out (2048x5120 -> 1280)": (2048, 5120, 1280),
+        "sdxl qkv (2048x1280 -> 3840)": (2048, 1280, 3840),
+    }
+    out: dict[str, Any] = {}
+
+    def timed(fn: Any, x: torch.Tensor) -> float:
+        for _ in range(3):
+            fn(x)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(20):
+            fn(x)
+        sync(device)
+        return (time.perf_counter() - t0) / 20 * 1000
+
+    for name, (m, k, n) in shapes.items():
+        if tiny:
+            m, k, n = m // 64, k // 16, n // 16
+        x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        linear = torch.nn.Linear(k, n, device=device, dtype=torch.bfloat16)
+        fp8 = Fp8Linear.from_linear(linear)
+        flops = 2 * m * k * n
+        entry: dict[str, Any] = {}
+        with torch.inference_mode():
+            weight, bias = linear.weight.float(), linear.bias.float()
+            ref = torch.nn.functional.linear(x.float(), weight, bias)
+            entry["fp8_rel_err"] = rel_err(fp8(x), ref)
+            entry["bf16_rel_err"] = rel_err(linear(x), ref)
+            for label, fn in (
+                ("bf16 eager", linear),
+                ("fp8 eager", fp8),
+                ("bf16 compiled", torch.compile(linear.forward, fullgraph=True)),
+                ("fp8 compiled", torch.compile(fp8.forward, fullgraph=True)),
+            ):
+                try:
+                    ms = timed(fn, x)
+                    entry[label] = {"ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
+                except Exception as err:
+                    entry[label] = f"failed: {str(err).splitlines()[0][:160]}"
+        out[name] = entry
+    row(arch="matmul", path="fp8 vs bf16 linear layers", results=out)
+
+
 def set_inductor_tuning() -> None:
     import torch._inductor.config as cfg
 
@@ -680,12 +746,16 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         default="sd15:none,sd15:regional,sd15:full,warm:sd15:full,sdxl:none,sdxl:regional,sdxl:full",
-        help="ordered ARCH:VARIANT items (variant: none, regional, full, full+tune; suffix -nocl "
-        "for no channels-last); warm:ARCH:VARIANT starts a second process on the warm cache",
+        help="ordered ARCH:VARIANT items (variant: none, regional or full, then +tune for tuned "
+        "kernels, +fp8 for fp8 linear layers, -nocl for no channels-last; e.g. full+tune+fp8); "
+        "warm:ARCH:VARIANT starts a second process on the warm cache",
     )
     parser.add_argument("--skip", default="", help="stages to skip: loads,fp32,diffusers,default")
     parser.add_argument("--profile", action="store_true", help="kernel profile of fast paths")
     parser.add_argument("--sdpa", action="store_true", help="attention backend micro-benchmark")
+    parser.add_argument(
+        "--fp8-matmul", action="store_true", help="fp8 vs bf16 linear-layer micro-benchmark"
+    )
     args = parser.parse_args()
     skip = set(args.skip.split(",")) - {""}
     OUT = Path(args.out)
@@ -730,11 +800,13 @@ def main() -> None:
             sdpa_bench(device)
         except Exception:
             RESULTS["notes"].append(f"sdpa failed: {traceback.format_exc()}")
+    if args.fp8_matmul:
+        guarded("fp8 matmul", fp8_matmul_bench, device, args.tiny)
     steps = STEPS if not args.tiny else 3
     reps = 5 if not args.tiny else 2
     # Estimated seconds per stage on an H200 (SDXL roughly 2.5x SD 1.5); skipped if over budget.
     scale = {"sd15": 1.0, "sdxl": 2.5}
-    estimate = {"none": 15, "regional": 30, "full": 70, "full+tune": 110, "warm": 35}
+    warm_estimate = 35
     prepared: dict[str, Any] = {}
 
     def prepare(arch: str) -> Any:
@@ -780,12 +852,12 @@ def main() -> None:
             continue
         folder, ref_out, ref_image = ready
         if warm:
-            if stage(f"{arch} warm process {variant}", estimate["warm"] * k):
+            if stage(f"{arch} warm process {variant}", warm_estimate * k):
                 guarded(
                     f"{arch} warm {variant}", warm_process, arch, folder, device, variant, cache
                 )
             continue
-        if not stage(f"{arch} fast {variant}", estimate[variant.split("-")[0]] * k):
+        if not stage(f"{arch} fast {variant}", stage_estimate(variant) * k):
             continue
         guarded(
             f"{arch} fast {variant}",
@@ -801,12 +873,13 @@ def main() -> None:
             ref_image,
             {},
         )
-        if "shapes" not in skip and "shapes" not in prepared and stage("shapes", 15 * k):
-            prepared["shapes"] = True
-            guarded(
-                "shapes",
-                lambda: shapes_check(device, inferkit.FastPolicy(device=device, compile="none")),
-            )
+        quantize = "fp8" if "fp8" in variant.split("-")[0].split("+") else "none"
+        check = f"shapes {quantize}"
+        if "shapes" not in skip and check not in prepared and stage(check, 15 * k):
+            prepared[check] = True
+            shapes_policy = inferkit.FastPolicy(device=device, compile="none", quantize=quantize)
+            label = "fast" if quantize == "none" else "fast fp8"
+            guarded(check, shapes_check, device, shapes_policy, label)
     save()
     print_table()
 

@@ -49,6 +49,7 @@ def test_fast_policy_records_each_speed_up_in_the_decisions(sd1_path: Path) -> N
         ("channels_last", 1),
         ("fuse_qkv", None),
         ("tune_kernels", "true"),
+        ("quantize", "int8"),
         ("cache_dir", 3),
         ("max_batch", 0),
         ("device", 7),

@@ -9,7 +9,10 @@ speeds the networks up with well-kept PyTorch and diffusers tools, each of which
   ``"regional"``: only the repeated transformer blocks, which compiles several times faster),
   with a persistent compile cache so a second process starts in seconds;
 * CUDA graphs (:mod:`inferkit._cuda_graphs`) for the UNet step and the VAE decode, which remove
-  the kernel-launch overhead that dominates a UNet step on a fast GPU.
+  the kernel-launch overhead that dominates a UNet step on a fast GPU;
+* opt-in fp8 (``quantize="fp8"``, :mod:`inferkit.fp8`): the UNet's transformer linear layers
+  multiply in float8 on GPUs with fp8 tensor cores, trading a stated loss of precision for speed
+  and memory.
 
 Every decision lands in :attr:`ExecutionPlan.reasons`, and so in each result.
 
@@ -42,13 +45,16 @@ from inferkit.policy import (
     next_memory_fallback,
 )
 
-__all__ = ["COMPILE_MODES", "FastPolicy", "compile_cache_dir"]
+__all__ = ["COMPILE_MODES", "QUANTIZE_MODES", "FastPolicy", "compile_cache_dir"]
 
 # torch itself sets this variable once inductor is imported, so read the user's choice early.
 _USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 COMPILE_MODES: tuple[str, ...] = ("full", "regional", "none")
 """What :attr:`FastPolicy.compile` accepts."""
+
+QUANTIZE_MODES: tuple[str, ...] = ("none", "fp8")
+"""What :attr:`FastPolicy.quantize` accepts."""
 
 
 def compile_cache_dir() -> Path:
@@ -73,6 +79,11 @@ def compile_cache_dir() -> Path:
 def _check_compile(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
     if value not in COMPILE_MODES:
         raise InvalidParameterError(attribute.name, value, f"must be one of {COMPILE_MODES}")
+
+
+def _check_quantize(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in QUANTIZE_MODES:
+        raise InvalidParameterError(attribute.name, value, f"must be one of {QUANTIZE_MODES}")
 
 
 def _check_bool(_: Any, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -110,6 +121,12 @@ class FastPolicy:
         tune_kernels: let the compiler search kernel configurations and treat 1x1
             convolutions as matrix products (inductor's coordinate-descent tuning): a longer
             first compile for faster kernels. Applies to every later compile in the process.
+        quantize: ``"fp8"`` stores the weights of the UNet's transformer linear layers in
+            float8 (e4m3, one scale per output channel) and multiplies them with inputs scaled
+            into float8 row by row: less memory and faster products on GPUs with fp8 tensor
+            cores (compute capability 8.9+), at a measured loss of precision stated in
+            ``docs/policy.md``. The CPU runs it too, slowly, to check the numerics. Default
+            ``"none"``.
 
     Example:
         >>> import inferkit
@@ -128,6 +145,7 @@ class FastPolicy:
     fuse_qkv: bool = attrs.field(default=True, validator=_check_bool)
     cache_dir: str | os.PathLike[str] | None = attrs.field(default=None, validator=_check_cache_dir)
     tune_kernels: bool = attrs.field(default=False, validator=_check_bool)
+    quantize: str = attrs.field(default="none", validator=_check_quantize)
 
     def _base(self) -> DevicePolicy:
         return DevicePolicy(
@@ -140,6 +158,8 @@ class FastPolicy:
             parts.append("fused QKV")
         if self.channels_last:
             parts.append("channels-last")
+        if self.quantize == "fp8":
+            parts.append("fp8 transformer linear layers (e4m3, per-channel and per-row scales)")
         done = ", ".join(parts) or "no layout changes"
         if self.compile == "none":
             compiled = "no torch.compile (compile=none)"
@@ -160,8 +180,18 @@ class FastPolicy:
         return _USER_CACHE_DIR or str(compile_cache_dir())
 
     def plan(self) -> ExecutionPlan:
-        """Decide device and dtype as :class:`DevicePolicy` does; record the speed-ups."""
+        """Decide device and dtype as :class:`DevicePolicy` does; record the speed-ups.
+
+        Raises :class:`~inferkit.InvalidParameterError` (naming ``quantize``) when fp8 was
+        asked for and the chosen device or this torch cannot run it, before any weights load.
+        """
         plan = self._base().plan()
+        if self.quantize == "fp8":
+            from inferkit.fp8 import fp8_unsupported
+
+            reason = fp8_unsupported(plan.device)
+            if reason is not None:
+                raise InvalidParameterError("quantize", "fp8", reason)
         return attrs.evolve(plan, reasons=(*plan.reasons, self._summary(plan.device)))
 
     def finalize(self, plan: ExecutionPlan, vae_config: Mapping[str, Any]) -> ExecutionPlan:
@@ -179,6 +209,10 @@ class FastPolicy:
         if self.fuse_qkv:
             unet.fuse_qkv_projections()
             vae.fuse_qkv_projections()
+        if self.quantize == "fp8":
+            from inferkit.fp8 import quantize_unet
+
+            quantize_unet(unet)  # after fusing: the fused layers are the ones that run
         if self.channels_last:
             unet.to(memory_format=torch.channels_last)
             if self.compile == "full":

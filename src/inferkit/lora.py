@@ -31,6 +31,7 @@ import attrs
 import torch
 
 from inferkit.errors import InvalidParameterError, LoraError
+from inferkit.fp8 import Fp8Linear
 
 __all__ = ["LoraAdapter", "LoraInfo", "LoraPatcher", "read_lora", "target_layers"]
 
@@ -70,7 +71,7 @@ _KOHYA_PREFIXES = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_"
 _KOHYA_PREFIXES["lora_te2_"] = "text_encoder_2"
 _COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 _serials = itertools.count()
-_Layer = torch.nn.Linear | torch.nn.Conv2d
+_Layer = torch.nn.Linear | torch.nn.Conv2d | Fp8Linear
 
 
 @attrs.frozen
@@ -196,7 +197,7 @@ def target_layers(modules: Mapping[str, Any]) -> dict[str, dict[str, _Layer]]:
             found[component] = {
                 name: layer
                 for name, layer in module.named_modules()
-                if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))
+                if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d, Fp8Linear))
             }
     return found
 
@@ -453,7 +454,7 @@ def _family_hint(
     have = {
         int(m.in_features)
         for name, m in layers.get("unet", {}).items()
-        if name.endswith("attn2.to_k") and isinstance(m, torch.nn.Linear)
+        if name.endswith("attn2.to_k") and isinstance(m, (torch.nn.Linear, Fp8Linear))
     }
     if widths and have and not widths & have:
         return (
@@ -472,7 +473,7 @@ class LoraPatcher:
     those of the given stack, touching only what differs from the stack active now.
     """
 
-    backups: dict[tuple[str, str], torch.Tensor] = attrs.field(factory=dict)
+    backups: dict[tuple[str, str], tuple[torch.Tensor, ...]] = attrs.field(factory=dict)
     active: tuple[tuple[int, float], ...] | None = ()
 
     @staticmethod
@@ -503,13 +504,13 @@ class LoraPatcher:
             try:
                 self._restore(layers)
                 for target, patches in by_target.items():  # one layer's float32 delta at a time
-                    weight = layers[target[0]][target[1]].weight
-                    total = weight.detach().to(torch.float32, copy=True)  # never a view
+                    layer = layers[target[0]][target[1]]
+                    total = _float_weight(layer)
                     for adapter, patch in patches:
-                        delta = adapter.delta(patch, weight.shape, weight.device)
+                        delta = adapter.delta(patch, layer.weight.shape, layer.weight.device)
                         total.add_(delta, alpha=adapter.info.scale)
-                    self.backups[target] = weight.detach().to("cpu", copy=True)
-                    weight.copy_(total.to(weight.dtype))
+                    self.backups[target] = _snapshot(layer)
+                    _store_weight(layer, total)
             except BaseException:
                 self._restore(layers)
                 _refresh_fused(modules, touched)
@@ -519,9 +520,37 @@ class LoraPatcher:
         self.active = wanted
 
     def _restore(self, layers: Mapping[str, Mapping[str, _Layer]]) -> None:
-        for (component, module), original in self.backups.items():
-            layers[component][module].weight.copy_(original)
+        for (component, module), saved in self.backups.items():
+            layer = layers[component][module]
+            for tensor, original in zip(_stored(layer), saved, strict=True):
+                tensor.copy_(original)
         self.backups.clear()
+
+
+def _stored(layer: _Layer) -> tuple[torch.Tensor, ...]:
+    """Return the tensors that hold a layer's weight (an fp8 layer's scales too)."""
+    if isinstance(layer, Fp8Linear):
+        return (layer.weight, layer.weight_scale)
+    return (layer.weight,)
+
+
+def _snapshot(layer: _Layer) -> tuple[torch.Tensor, ...]:
+    return tuple(t.detach().to("cpu", copy=True) for t in _stored(layer))
+
+
+def _float_weight(layer: _Layer) -> torch.Tensor:
+    """Return a float32 copy (never a view) of the weight the layer stands for."""
+    if isinstance(layer, Fp8Linear):
+        return layer.dequantize()
+    return layer.weight.detach().to(torch.float32, copy=True)
+
+
+def _store_weight(layer: _Layer, weight: torch.Tensor) -> None:
+    """Write ``weight`` into the layer's own storage (an fp8 layer quantizes it again)."""
+    if isinstance(layer, Fp8Linear):
+        layer.store_(weight)
+    else:
+        layer.weight.copy_(weight.to(layer.weight.dtype))
 
 
 def _refresh_fused(modules: Mapping[str, Any], touched: set[tuple[str, str]]) -> None:
@@ -544,6 +573,6 @@ def _refresh_fused(modules: Mapping[str, Any], touched: set[tuple[str, str]]) ->
         fused_qkv = getattr(attention, "to_qkv", None)
         fused_kv = getattr(attention, "to_kv", None)
         if fused_qkv is not None and not attention.is_cross_attention:
-            fused_qkv.weight.copy_(torch.cat([q, k, v]))
+            _store_weight(fused_qkv, torch.cat([q, k, v]))
         elif fused_kv is not None:
-            fused_kv.weight.copy_(torch.cat([k, v]))
+            _store_weight(fused_kv, torch.cat([k, v]))
