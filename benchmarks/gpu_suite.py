@@ -453,7 +453,14 @@ def measure_loads(arch: str, folder: Path, single: Path, device: str) -> None:
             sync(device)
             times.append(time.perf_counter() - t0)
         kept[label] = obj.pipeline if hasattr(obj, "pipeline") else obj
-        row(arch=arch, path=f"load: {label}", load_to_ready_s=min(times), all_s=times)
+        stages = obj.info.as_dict()["load_timings"] if hasattr(obj, "info") else None
+        row(
+            arch=arch,
+            path=f"load: {label}",
+            load_to_ready_s=min(times),
+            all_s=times,
+            last_load_stages_s=stages,
+        )
         obj = None
     # The loaders must agree bit for bit: same stored fp16 values, same modules.
     same = {}
@@ -520,9 +527,13 @@ def warm_process(arch: str, source: Path, device: str, variant: str, cache: str)
         "t2 = time.perf_counter()\n"
         f"m.infer('warm', steps={STEPS}, seed=1, progress=False)\n"
         "t3 = time.perf_counter()\n"
+        "from torch._dynamo.utils import compile_times\n"
+        "names, values = compile_times(repr='csv', aggregate=True)\n"
+        "phases = {n: round(float(v), 3) for n, v in zip(names, values) if float(v) >= 0.05}\n"
         "print(json.dumps({'import_s': t01 - t00, 'device_init_s': t0 - t01,"
-        " 'load_s': t1 - t0, 'first_call_s': t2 - t1,"
-        " 'second_call_s': t3 - t2}))\n"
+        " 'load_s': t1 - t0, 'load_stages': m.info.as_dict()['load_timings'],"
+        " 'first_call_s': t2 - t1, 'second_call_s': t3 - t2,"
+        " 'compile_phases_s': phases}))\n"
     )
     t0 = time.perf_counter()
     out = subprocess.run(

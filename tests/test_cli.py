@@ -77,14 +77,16 @@ def test_bad_input_exits_nonzero_with_one_line(sd1_path: Path, tmp_path: Path) -
 
 
 def test_inspect_reports_the_model(tiny_paths: dict[str, Path]) -> None:
-    """`inferkit inspect --json` prints the model's info, evidence included."""
+    """`inferkit inspect --json` prints the model's info, evidence and load time included."""
     proc = run("inspect", str(tiny_paths["sd2"]), "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert (info["architecture"], info["prediction_type"]) == ("sd2", "v_prediction")
     assert any("sd2" in line for line in info["evidence"])
+    assert info["load_timings"]["total"] > 0
     text = run("inspect", str(tiny_paths["sd2"]))
     assert "architecture sd2" in text.stdout
+    assert "load time" in text.stdout
 
 
 def test_schedulers_lists_every_sampler() -> None:

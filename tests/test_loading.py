@@ -36,6 +36,22 @@ def test_folder_loads_and_reports_what_it_is(
     assert {"unet", "vae", "text_encoder", "tokenizer"} <= set(info.components)
 
 
+def test_load_reports_its_time_to_ready_by_stage(sd1_path: Path) -> None:
+    """model.info.load_timings splits the load into stages that add up to its total, which
+    is within the wall time around Model.load; as_dict carries it."""
+    t0 = time.perf_counter()
+    model = inferkit.Model.load(sd1_path, device="cpu")
+    wall = time.perf_counter() - t0
+    t = model.info.load_timings
+    assert t is not None
+    stages = (t.prepare, t.read, t.build, t.place)
+    assert all(s >= 0 for s in stages)
+    assert t.read > 0
+    assert sum(stages) == pytest.approx(t.total, abs=1e-3)
+    assert t.total <= wall
+    assert model.info.as_dict()["load_timings"]["total"] == t.total
+
+
 def test_hash_depends_on_weights_not_on_location(tmp_path: Path, sd1_path: Path) -> None:
     """The content hash is the same for a moved copy and differs for other weights."""
     copy = shutil.copytree(sd1_path, tmp_path / "copy")

@@ -45,7 +45,14 @@ from inferkit.metadata import ImageMetadata, read_metadata
 from inferkit.model import Model
 from inferkit.params import GenerationParams, ResolvedParams
 from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
-from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, StepInfo, Timings
+from inferkit.results import (
+    GeneratedImage,
+    InferenceResult,
+    LoadTimings,
+    ModelInfo,
+    StepInfo,
+    Timings,
+)
 from inferkit.schedulers import (
     SamplerChoice,
     SamplerSpec,
@@ -79,6 +86,7 @@ __all__ = [
     "LoraError",
     "LoraInfo",
     "MissingExtraError",
+    "LoadTimings",
     "Loader",
     "Model",
     "ModelClosedError",

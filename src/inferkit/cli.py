@@ -18,11 +18,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inferkit._batch_cli import add_batch_command, run_batch
 from inferkit._cli_args import size_arg
 from inferkit.errors import InferkitError, InvalidParameterError
 from inferkit.metadata import check_png_path
+
+if TYPE_CHECKING:
+    from inferkit.results import LoadTimings
 
 __all__ = ["main"]
 
@@ -228,10 +232,20 @@ def _inspect(args: argparse.Namespace) -> int:
             ("scheduler", info.default_scheduler),
             ("hash", info.hash),
             ("loader", info.loader),
+            *(
+                [("load time", _load_time(info.load_timings))]
+                if info.load_timings is not None
+                else []
+            ),
         ],
         info.evidence,
     )
     return 0
+
+
+def _load_time(t: LoadTimings) -> str:
+    stages = f"prepare {t.prepare:.2f} s, read {t.read:.2f} s, build {t.build:.2f} s"
+    return f"{t.total:.2f} s ({stages}, place {t.place:.2f} s)"
 
 
 def _schedulers(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 import warnings
 from typing import Any
@@ -38,7 +39,13 @@ from inferkit.pipelines import (
 from inferkit.policy import DevicePolicy, ExecutionPlan, Policy
 from inferkit.prompt_weights import has_weights
 from inferkit.prompts import token_count
-from inferkit.results import GeneratedImage, InferenceResult, ModelInfo, image_record
+from inferkit.results import (
+    GeneratedImage,
+    InferenceResult,
+    LoadTimings,
+    ModelInfo,
+    image_record,
+)
 from inferkit.schedulers import (
     SamplerChoice,
     SamplerSpec,
@@ -169,6 +176,7 @@ class Model:
             'dpmpp_2m_karras'
 
         """
+        started = time.perf_counter()
         if not isinstance(source, (str, os.PathLike)) or not str(source).strip():
             raise InvalidParameterError(
                 "source", source, "must be a path to a model or a hub repo id ('org/name')"
@@ -219,7 +227,9 @@ class Model:
                 )
         with warnings.catch_warnings(), quiet_libraries():
             warnings.simplefilter("ignore", FutureWarning)
+            read_from = time.perf_counter()
             components = loader.load(text, options)
+            build_from = time.perf_counter()
             if vae is not None:
                 components = _replace_vae(components, vae, plan.dtype)
             plan = the_policy.finalize(plan, components.modules["vae"].config)
@@ -227,8 +237,19 @@ class Model:
             default = choice or _default_choice(config, text)
             pipeline = build_pipeline(components, build_scheduler(default, config))
             pipeline.set_progress_bar_config(disable=True)
+            place_from = time.perf_counter()
             the_policy.apply(pipeline, plan)
-        return cls(components, pipeline, plan, default, the_policy)
+            _wait_for(plan.device)  # ready means the copies to the device have landed
+        model = cls(components, pipeline, plan, default, the_policy)
+        done = time.perf_counter()
+        model._s.load_timings = LoadTimings(
+            prepare=read_from - started,
+            read=build_from - read_from,
+            build=place_from - build_from,
+            place=done - place_from,
+            total=done - started,
+        )
+        return model
 
     @property
     def pipeline(self) -> Any:
@@ -284,6 +305,7 @@ class Model:
             hash=self.sha256[:10],
             sha256=self.sha256,
             evidence=c.evidence,
+            load_timings=self._s.load_timings,
             decisions=self._s.plan.reasons,
         )
 
@@ -781,6 +803,7 @@ class _Shared:
     closed: bool = False
     sha256: str | None = None
     patcher: LoraPatcher = attrs.field(factory=LoraPatcher)
+    load_timings: LoadTimings | None = None
 
 
 @attrs.frozen
@@ -790,6 +813,15 @@ class _Start:
     init: Any = None
     mask: Any = None
     note: str | None = None
+
+
+def _wait_for(device: str) -> None:
+    """Block until queued work on ``device`` (asynchronous copies) has finished."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def _replace_vae(

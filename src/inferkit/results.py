@@ -74,6 +74,33 @@ class Timings:
 
 
 @attrs.frozen(kw_only=True)
+class LoadTimings:
+    """Wall-clock seconds :meth:`Model.load` spent, from the call until the model is ready.
+
+    Attributes:
+        prepare: checking arguments, the policy's plan and finding the loader (in a fresh
+            process this includes importing diffusers' modules on first use).
+        read: the loader: reading the files and placing each tensor on the device in the
+            target dtype.
+        build: assembling the pipeline and its sampler (and a replacement VAE).
+        place: the policy's placement and speed-ups (fusing, fp8, layouts); compilation
+            itself happens on the first call.
+        total: all of it, up to the device finishing its copies.
+
+    Example:
+        >>> LoadTimings(prepare=0.04, read=0.2, build=0.05, place=0.01, total=0.3).total
+        0.3
+
+    """
+
+    prepare: float
+    read: float
+    build: float
+    place: float
+    total: float
+
+
+@attrs.frozen(kw_only=True)
 class ModelInfo:
     """What a loaded model is.
 
@@ -95,6 +122,8 @@ class ModelInfo:
         sha256: the full sha256 behind ``hash``.
         evidence: how the loader decided architecture and prediction type.
         decisions: how the policy decided device, dtype and memory.
+        load_timings: how long :meth:`Model.load` took, by stage (``None`` for a model not
+            built by it).
 
     Example:
         >>> import inferkit
@@ -121,6 +150,7 @@ class ModelInfo:
     sha256: str
     evidence: tuple[str, ...]
     decisions: tuple[str, ...]
+    load_timings: LoadTimings | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
