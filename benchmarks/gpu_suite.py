@@ -480,13 +480,13 @@ def measure_loads(arch: str, folder: Path, single: Path, device: str) -> None:
 
 
 def fast_policy(device: str, variant: str, cache: str) -> Any:
-    """``MODE[+tune][+fp8][-nocl]``: e.g. ``"full+tune+fp8"`` is compile="full" with
-    tune_kernels=True and quantize="fp8"."""
+    """``MODE[+tune][+fp8][-nocl][-noaot]``: e.g. ``"full+tune+fp8"`` is compile="full" with
+    tune_kernels=True and quantize="fp8"; ``-noaot`` turns precompile off."""
     import inferkit
 
-    base, _, layout = variant.partition("-")
+    base, *suffixes = variant.split("-")
     mode, *flags = base.split("+")
-    unknown = set(flags) - {"tune", "fp8"}
+    unknown = (set(flags) - {"tune", "fp8"}) | (set(suffixes) - {"nocl", "noaot"})
     if unknown:
         raise ValueError(f"unknown variant flags {sorted(unknown)} in {variant!r}")
     return inferkit.FastPolicy(
@@ -495,7 +495,8 @@ def fast_policy(device: str, variant: str, cache: str) -> Any:
         cache_dir=cache,
         tune_kernels="tune" in flags,
         quantize="fp8" if "fp8" in flags else "none",
-        channels_last=layout != "nocl",
+        channels_last="nocl" not in suffixes,
+        precompile="noaot" not in suffixes,
     )
 
 
@@ -530,10 +531,14 @@ def warm_process(arch: str, source: Path, device: str, variant: str, cache: str)
         "from torch._dynamo.utils import compile_times\n"
         "names, values = compile_times(repr='csv', aggregate=True)\n"
         "phases = {n: round(float(v), 3) for n, v in zip(names, values) if float(v) >= 0.05}\n"
+        "fwd = m.pipeline.unet.forward\n"
+        "fwd = getattr(fwd, 'fn', fwd)\n"
+        "kept = {'mode': getattr(fwd, 'mode', None), 'loaded': getattr(fwd, 'loaded', None),"
+        " 'saved': getattr(fwd, 'saved', None)}\n"
         "print(json.dumps({'import_s': t01 - t00, 'device_init_s': t0 - t01,"
         " 'load_s': t1 - t0, 'load_stages': m.info.as_dict()['load_timings'],"
         " 'first_call_s': t2 - t1, 'second_call_s': t3 - t2,"
-        " 'compile_phases_s': phases}))\n"
+        " 'compile_phases_s': phases, 'unet_precompiled': kept}))\n"
     )
     t0 = time.perf_counter()
     out = subprocess.run(
@@ -758,8 +763,9 @@ def main() -> None:
         "--runs",
         default="sd15:none,sd15:regional,sd15:full,warm:sd15:full,sdxl:none,sdxl:regional,sdxl:full",
         help="ordered ARCH:VARIANT items (variant: none, regional or full, then +tune for tuned "
-        "kernels, +fp8 for fp8 linear layers, -nocl for no channels-last; e.g. full+tune+fp8); "
-        "warm:ARCH:VARIANT starts a second process on the warm cache",
+        "kernels, +fp8 for fp8 linear layers, -nocl for no channels-last, -noaot for no "
+        "precompiled files; e.g. full+tune+fp8); warm:ARCH:VARIANT starts a second process on "
+        "the warm cache",
     )
     parser.add_argument("--skip", default="", help="stages to skip: loads,fp32,diffusers,default")
     parser.add_argument("--profile", action="store_true", help="kernel profile of fast paths")

@@ -6,6 +6,8 @@ parts that apply on a CPU (fused QKV, channels-last, torch.compile, the persiste
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,18 @@ def test_fast_policy_records_each_speed_up_in_the_decisions(sd1_path: Path) -> N
     assert "no CUDA graphs on cpu" in decision
 
 
+def test_the_plan_says_whether_compiled_networks_are_kept_whole() -> None:
+    """With compile="full" the decision says the compiled networks are kept for new
+    processes, unless precompile=False."""
+    from inferkit._precompile import precompile_supported
+
+    kept = inferkit.FastPolicy(device="cpu").plan().reasons[-1]
+    plain = inferkit.FastPolicy(device="cpu", precompile=False).plan().reasons[-1]
+    expected = "kept whole for new processes" if precompile_supported() else "not kept whole"
+    assert expected in kept
+    assert "kept whole" not in plain
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -50,6 +64,7 @@ def test_fast_policy_records_each_speed_up_in_the_decisions(sd1_path: Path) -> N
         ("fuse_qkv", None),
         ("tune_kernels", "true"),
         ("quantize", "int8"),
+        ("precompile", 1),
         ("cache_dir", 3),
         ("max_batch", 0),
         ("device", 7),
@@ -100,19 +115,46 @@ def test_shapes_model_draws_the_same_images_on_the_fast_path() -> None:
         assert np.abs(a - b).mean() < 1.0
 
 
+_SECOND_PROCESS = """
+import sys, torch, inferkit
+sys.path.insert(0, {tests!r})
+from test_fast_policy import _unet_step
+policy = inferkit.FastPolicy(device="cpu", compile="full", cache_dir={cache!r})
+model = inferkit.Model.load({model!r}, policy=policy)
+out = _unet_step(model)
+call = model.pipeline.unet.forward
+torch.save(out, {out!r})
+print(call.loaded, call.saved)
+"""
+
+
 @pytest.mark.slow
-def test_compiled_unet_matches_the_default_and_fills_the_cache(
+def test_compiled_unet_matches_the_default_and_a_new_process_loads_it(
     sd1_path: Path, tmp_path: Path
 ) -> None:
-    """compile="full" gives the default's UNet step within fp32 rounding and leaves compiled
-    artefacts in the cache folder for the next process."""
+    """compile="full" gives the default's UNet step within fp32 rounding and keeps the
+    compiled UNet in the cache; a second process loads it instead of compiling (no file
+    saved) and gets bit-identical numbers."""
     cache = tmp_path / "cache"
     default = inferkit.Model.load(sd1_path, device="cpu")
     fast = inferkit.Model.load(
         sd1_path, policy=inferkit.FastPolicy(device="cpu", compile="full", cache_dir=cache)
     )
-    assert _rel_err(_unet_step(fast), _unet_step(default)) < 1e-5
-    assert any(p.is_file() for p in cache.rglob("*"))
+    first = _unet_step(fast)
+    assert _rel_err(first, _unet_step(default)) < 1e-5
+    assert "kept whole for new processes" in fast.info.decisions[-2]
+    code = _SECOND_PROCESS.format(
+        tests=str(Path(__file__).parent),
+        cache=str(cache),
+        model=str(sd1_path),
+        out=str(tmp_path / "out.pt"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["1", "0"]  # loaded one, saved none
+    assert torch.equal(torch.load(tmp_path / "out.pt"), first)
 
 
 def test_graphed_call_runs_cpu_work_directly() -> None:

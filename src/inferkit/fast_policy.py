@@ -121,6 +121,10 @@ class FastPolicy:
         tune_kernels: let the compiler search kernel configurations and treat 1x1
             convolutions as matrix products (inductor's coordinate-descent tuning): a longer
             first compile for faster kernels. Applies to every later compile in the process.
+        precompile: with ``compile="full"``, keep each compiled network whole in the cache
+            (torch's experimental ahead-of-time entry point), so a new process loads it
+            without tracing the Python code again; where this torch lacks it, compile in the
+            process with a warning.
         quantize: ``"fp8"`` stores the weights of the UNet's transformer linear layers in
             float8 (e4m3, one scale per output channel) and multiplies them with inputs scaled
             into float8 row by row: less memory and faster products on GPUs with fp8 tensor
@@ -146,6 +150,7 @@ class FastPolicy:
     cache_dir: str | os.PathLike[str] | None = attrs.field(default=None, validator=_check_cache_dir)
     tune_kernels: bool = attrs.field(default=False, validator=_check_bool)
     quantize: str = attrs.field(default="none", validator=_check_quantize)
+    precompile: bool = attrs.field(default=True, validator=_check_bool)
 
     def _base(self) -> DevicePolicy:
         return DevicePolicy(
@@ -165,7 +170,16 @@ class FastPolicy:
             compiled = "no torch.compile (compile=none)"
         else:
             tuned = ", tuned kernels" if self.tune_kernels else ""
-            compiled = f"torch.compile {self.compile}{tuned} (cache {self._cache_path()})"
+            kept = ""
+            if self.compile == "full" and self.precompile:
+                from inferkit._precompile import precompile_supported
+
+                kept = (
+                    ", kept whole for new processes"
+                    if precompile_supported()
+                    else f", not kept whole (torch {torch.__version__} cannot)"
+                )
+            compiled = f"torch.compile {self.compile}{tuned}{kept} (cache {self._cache_path()})"
         if torch.device(device).type != "cuda":
             graphs = f"no CUDA graphs on {device}"
         elif self.cuda_graphs:
@@ -227,7 +241,14 @@ class FastPolicy:
             _enable_compile_cache(self._cache_path())
             if self.tune_kernels:
                 _tune_kernels()
-        if self.compile == "full":
+        if self.compile == "full" and self.precompile:
+            from inferkit._precompile import PrecompiledCall
+
+            extra = f"tune={self.tune_kernels}"
+            unet_forward = PrecompiledCall(unet, self._cache_path(), extra=extra)
+            decoder_forward = PrecompiledCall(vae.decoder, self._cache_path(), extra=extra)
+            vae.decoder.forward = decoder_forward
+        elif self.compile == "full":
             unet_forward = torch.compile(unet_forward, fullgraph=True, dynamic=False)
             decoder_forward = torch.compile(decoder_forward, fullgraph=True, dynamic=False)
             vae.decoder.forward = decoder_forward

@@ -1,0 +1,120 @@
+"""Precompiled networks (FastPolicy(precompile=True)): a new process loads the compiled code
+from the cache instead of tracing again, gets the same numbers, and sees weights changed in
+place; anything it cannot keep falls back to ordinary compilation with a warning."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from inferkit._precompile import PrecompiledCall, _describe, precompile_supported
+
+pytestmark = pytest.mark.skipif(
+    not precompile_supported(), reason="this torch cannot save compiled functions"
+)
+
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, tag: object = None) -> torch.Tensor:
+        return torch.relu(self.lin(x))
+
+
+X = torch.arange(16.0).reshape(2, 8) / 16
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Net, Path, torch.Tensor]:
+    """One network compiled once into a cache folder."""
+    folder = tmp_path_factory.mktemp("cache")
+    net = Net()
+    call = PrecompiledCall(net, folder)
+    with torch.inference_mode():
+        out = call(X)
+    assert (call.saved, call.loaded) == (1, 0)
+    return net, folder, out
+
+
+def test_a_new_call_loads_the_saved_code_and_gives_the_same_numbers(
+    compiled: tuple[Net, Path, torch.Tensor],
+) -> None:
+    """A fresh PrecompiledCall over the same folder (as in a new process) loads the file
+    without compiling, and its output is bit-identical to the first one's."""
+    net, folder, out = compiled
+    again = PrecompiledCall(net, folder)
+    with torch.inference_mode():
+        got = again(X)
+    assert (again.saved, again.loaded) == (0, 1)
+    assert torch.equal(got, out)
+
+
+def test_loaded_code_sees_weights_changed_in_place(
+    compiled: tuple[Net, Path, torch.Tensor],
+) -> None:
+    """The saved code reads the module's weights when it runs, so an in-place change (a LoRA
+    merge) takes effect without compiling again."""
+    _, folder, _ = compiled
+    net = Net()
+    call = PrecompiledCall(net, folder)
+    with torch.no_grad():
+        net.lin.weight.mul_(-1.0)
+    with torch.inference_mode():
+        got = call(X)
+        want = net(X)
+    assert call.loaded == 1
+    torch.testing.assert_close(got, want)
+
+
+def test_a_damaged_file_is_compiled_again_with_a_warning(
+    compiled: tuple[Net, Path, torch.Tensor], tmp_path: Path
+) -> None:
+    """A truncated file is ignored with a warning naming it, and the network compiles again."""
+    net, folder, out = compiled
+    damaged = tmp_path / "cache"
+    (damaged / "precompiled").mkdir(parents=True)
+    for file in (folder / "precompiled").iterdir():
+        (damaged / "precompiled" / file.name).write_bytes(file.read_bytes()[:100])
+    call = PrecompiledCall(net, damaged)
+    with (
+        pytest.warns(RuntimeWarning, match="ignoring precompiled file Net-"),
+        torch.inference_mode(),
+    ):
+        got = call(X)
+    assert (call.saved, call.loaded) == (1, 0)
+    assert torch.equal(got, out)
+
+
+def test_an_argument_it_cannot_key_falls_back_to_ordinary_compilation(tmp_path: Path) -> None:
+    """An argument whose value cannot name a file makes it warn once and compile in the
+    process, with the right result."""
+    net = Net()
+    call = PrecompiledCall(net, tmp_path)
+    with pytest.warns(RuntimeWarning, match="compiling in this process"), torch.inference_mode():
+        got = call(X, tag=object())
+    assert call.mode == "in-process"
+    torch.testing.assert_close(got, net(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.inference_mode():
+            torch.testing.assert_close(call(X, tag=object()), net(X))
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        torch.zeros(2, 9),
+        torch.zeros(2, 8, dtype=torch.float64),
+        torch.zeros(8, 2).t(),
+        torch.zeros(2, 8, requires_grad=True),
+    ],
+)
+def test_inputs_that_compile_differently_are_keyed_apart(other: torch.Tensor) -> None:
+    """Shape, dtype, memory layout and requires_grad each change the key (and so the file)."""
+    assert _describe(other) != _describe(torch.zeros(2, 8))
