@@ -100,6 +100,21 @@ def test_storing_a_dequantized_weight_gives_back_the_same_bits() -> None:
     assert torch.equal(layer.weight_scale, scale)
 
 
+def test_casting_the_network_keeps_the_fp8_format() -> None:
+    """network.to(float16 / bfloat16) leaves fp8 values and float32 scales as they were, so
+    the layer still runs and gives the same products."""
+    layer = Fp8Linear.from_linear(torch.nn.Linear(32, 16))
+    weight, scale = layer.weight.clone(), layer.weight_scale.clone()
+    x = torch.randn(4, 32)
+    want = layer(x)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        layer.to(dtype)
+        assert layer.weight.dtype == FP8 and layer.weight_scale.dtype == torch.float32
+        assert torch.equal(layer.weight.view(torch.uint8), weight.view(torch.uint8))
+        assert torch.equal(layer.weight_scale, scale)
+    torch.testing.assert_close(layer(x), want, rtol=2**-7, atol=1e-2)
+
+
 def test_fp8_converts_the_transformer_linear_layers_that_run(sd1_path: Path) -> None:
     """The fused attention projections, output projections and feed-forward layers become
     fp8; the q/k/v layers they were fused from and the timestep embeddings keep their dtype;
@@ -164,7 +179,11 @@ def test_fp8_is_refused_before_loading_where_it_cannot_run(
     def unsupported(*args: object, **kwargs: object) -> torch.Tensor:
         raise RuntimeError("row-wise scaling is not supported on this device")
 
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a loader was chosen before fp8 was refused")
+
     monkeypatch.setattr(torch, "_scaled_mm", unsupported)
+    monkeypatch.setattr(inferkit.model, "select_loader", no_loading)
     with pytest.raises(inferkit.InvalidParameterError) as caught:
         inferkit.Model.load(sd1_path, policy=fp8_policy())
     assert caught.value.name == "quantize"

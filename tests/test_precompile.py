@@ -4,13 +4,19 @@ place; anything it cannot keep falls back to ordinary compilation with a warning
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from inferkit._precompile import PrecompiledCall, _describe, precompile_supported
+from inferkit._precompile import (
+    PrecompiledCall,
+    _describe,
+    _without_instance_forward,
+    precompile_supported,
+)
 
 pytestmark = pytest.mark.skipif(
     not precompile_supported(), reason="this torch cannot save compiled functions"
@@ -91,19 +97,22 @@ def test_a_damaged_file_is_compiled_again_with_a_warning(
     assert torch.equal(got, out)
 
 
-def test_an_argument_it_cannot_key_falls_back_to_ordinary_compilation(tmp_path: Path) -> None:
-    """An argument whose value cannot name a file makes it warn once and compile in the
-    process, with the right result."""
-    net = Net()
-    call = PrecompiledCall(net, tmp_path)
-    with pytest.warns(RuntimeWarning, match="compiling in this process"), torch.inference_mode():
+def test_an_argument_it_cannot_key_is_compiled_in_the_process(
+    compiled: tuple[Net, Path, torch.Tensor],
+) -> None:
+    """A call with an argument whose value cannot name a file warns once and runs compiled in
+    the process, with the right result; calls it can key still load the saved code."""
+    net, folder, out = compiled
+    call = PrecompiledCall(net, folder)
+    with pytest.warns(RuntimeWarning, match="compiled in the process"), torch.inference_mode():
         got = call(X, tag=object())
-    assert call.mode == "in-process"
     torch.testing.assert_close(got, net(X))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with torch.inference_mode():
             torch.testing.assert_close(call(X, tag=object()), net(X))
+            assert torch.equal(call(X), out)
+    assert (call.mode, call.loaded) == ("precompiled", 1)
 
 
 @pytest.mark.parametrize(
@@ -118,3 +127,41 @@ def test_an_argument_it_cannot_key_falls_back_to_ordinary_compilation(tmp_path: 
 def test_inputs_that_compile_differently_are_keyed_apart(other: torch.Tensor) -> None:
     """Shape, dtype, memory layout and requires_grad each change the key (and so the file)."""
     assert _describe(other) != _describe(torch.zeros(2, 8))
+
+
+def test_a_forward_wrapped_for_cuda_graphs_is_still_saved(tmp_path: Path) -> None:
+    """With the CUDA graph recorder installed as the module's forward (as FastPolicy does on
+    GPUs), the module can be pickled while the code is saved (the wrapper's lock is set
+    aside), and the compiled code is saved and loaded."""
+    from inferkit._cuda_graphs import GraphedCall
+
+    wrapped = Net()
+    wrapped.forward = GraphedCall(wrapped.forward)  # type: ignore[method-assign]
+    with pytest.raises(TypeError, match="lock"):
+        pickle.dumps(wrapped)
+    with _without_instance_forward(wrapped):
+        pickle.dumps(wrapped)
+    assert isinstance(wrapped.forward, GraphedCall)
+
+    net = Net()
+    call = PrecompiledCall(net, tmp_path)
+    net.forward = GraphedCall(call)  # type: ignore[method-assign]
+    with torch.inference_mode():
+        out = net(X)
+    assert (call.saved, call.loaded) == (1, 0)
+    again = PrecompiledCall(Net(), tmp_path)
+    with torch.inference_mode():
+        assert torch.equal(again(X), out)
+    assert again.loaded == 1
+
+
+def test_a_changed_setting_that_is_not_a_tensor_compiles_anew(
+    compiled: tuple[Net, Path, torch.Tensor],
+) -> None:
+    """A module whose non-tensor settings differ (here a submodule left in training mode)
+    does not pick up code saved for the other settings."""
+    _, folder, _ = compiled
+    net = Net()
+    net.lin.train(False)
+    call = PrecompiledCall(net, folder)
+    assert call._path(("key",)) != PrecompiledCall(Net(), folder)._path(("key",))

@@ -16,13 +16,14 @@ saving or loading fails, it warns once and compiles in the process as ``torch.co
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
 import platform
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,63 @@ def _module_identity(module: torch.nn.Module, device: torch.device, extra: str) 
             else "c"
         )
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:{layout}\0".encode())
+    config = getattr(module, "config", None)
+    if isinstance(config, Mapping):
+        digest.update(repr(sorted((str(k), repr(v)) for k, v in config.items())).encode())
     for name, child in module.named_modules():
-        digest.update(f"{name}={type(child).__qualname__}\0".encode())
+        kind = type(child)
+        processor = getattr(child, "processor", None)
+        settings = sorted(
+            (key, repr(value))
+            for key, value in vars(child).items()
+            if not key.startswith("_") and isinstance(value, (bool, int, float, str, type(None)))
+        )
+        line = f"{name}={kind.__module__}.{kind.__qualname__}({child.extra_repr()}){settings}"
+        if processor is not None:
+            line += f"processor={type(processor).__qualname__}"
+        digest.update(f"{line}\0".encode())
+    inductor = _inductor_settings()
+    digest.update(inductor.encode())
     return digest.hexdigest()[:24]
+
+
+def _inductor_settings() -> str:
+    """Return the compiler's settings that travel between machines (tuning flags among them)."""
+    try:
+        import torch._inductor.config as inductor_config
+
+        portable = inductor_config.save_config_portable()
+    except Exception:  # an older torch: its version is part of the key anyway
+        return ""
+    return repr(sorted((str(k), repr(v)) for k, v in portable.items()))
+
+
+def _sources_unchanged(compiled: Any) -> bool:
+    """Whether every piece of Python the saved code was traced from reads as it did then."""
+    import importlib
+
+    for source in compiled.source_info().inlined_sources:
+        module = importlib.import_module(source.module)
+        lines = inspect.getsourcelines(module)[0][source.firstlineno - 1 : source.lastlineno - 1]
+        if hashlib.sha256("".join(lines).encode()).hexdigest() != source.checksum:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _without_instance_forward(module: torch.nn.Module) -> Iterator[None]:
+    """Take a wrapper installed as ``module.forward`` off the module for a while.
+
+    torch pickles the traced module along with the saved code's guards; wrappers (the CUDA
+    graph recorder, this class) hold locks and compiled code, cannot be pickled, and the
+    traced code does not use them.
+    """
+    wrapper = module.__dict__.pop("forward", None)
+    try:
+        yield
+    finally:
+        if wrapper is not None:
+            module.__dict__["forward"] = wrapper
 
 
 def _describe(value: Any) -> Any:
@@ -127,10 +182,6 @@ def _describe(value: Any) -> Any:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else "no message"
-
-
-def _placeholder(name: str) -> str:
-    return f"<precompiled forward of {name}>"
 
 
 class PrecompiledCall:
@@ -162,6 +213,8 @@ class PrecompiledCall:
         self._compiled: dict[Any, Any] = {}
         self._jit: Callable[..., Any] | None = None
         self._lock = threading.Lock()
+        self._jit_lock = threading.Lock()
+        self._noted = False
         self.mode = "precompiled" if enabled and precompile_supported() else "in-process"
 
     def _fallback(self, why: BaseException | str) -> None:
@@ -174,10 +227,20 @@ class PrecompiledCall:
             )
         self.mode = "in-process"
 
+    def _note(self, why: str) -> None:
+        if not self._noted:
+            self._noted = True
+            warnings.warn(
+                f"inferkit: cannot use kept {type(self.module).__name__} code here ({why})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
     def _jit_forward(self) -> Callable[..., Any]:
-        if self._jit is None:
-            self._jit = torch.compile(self.forward, fullgraph=True, dynamic=False)
-        return self._jit
+        with self._jit_lock:
+            if self._jit is None:
+                self._jit = torch.compile(self.forward, fullgraph=True, dynamic=False)
+            return self._jit
 
     def _path(self, key: Any) -> Path:
         if self._identity is None:
@@ -193,8 +256,14 @@ class PrecompiledCall:
             try:
                 with path.open("rb") as file:
                     compiled = torch.compiler.load_compiled_function(file, external_data=external)
-                self.loaded += 1
-                return compiled
+                if _sources_unchanged(compiled):
+                    self.loaded += 1
+                    return compiled
+                warnings.warn(
+                    f"inferkit: the code {path.name} was traced from has changed; compiling again",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             except Exception as e:  # a stale or damaged file: compile again below
                 warnings.warn(
                     f"inferkit: ignoring precompiled file {path.name} ({_first_line(e)}); "
@@ -206,10 +275,12 @@ class PrecompiledCall:
             "guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe
         }
         compiler = torch.compile(self.forward, fullgraph=True, dynamic=False, options=options)
-        compiled = compiler.aot_compile((args, kwargs))  # type: ignore[attr-defined]
+        with _without_instance_forward(self.module):
+            compiled = compiler.aot_compile((args, kwargs))  # type: ignore[attr-defined]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            compiled.save_compiled_function(str(path), external_data=external)
+            with _without_instance_forward(self.module):
+                compiled.save_compiled_function(str(path), external_data=external)
         except Exception as e:  # still compiled: use it in this process
             warnings.warn(
                 f"inferkit: cannot save compiled {type(self.module).__name__} code to "
@@ -222,12 +293,6 @@ class PrecompiledCall:
             self.saved += 1
         return compiled
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        # torch pickles the traced module's attributes along with the saved code's guards;
-        # this object (installed as the module's forward) holds locks and compiled code, and
-        # nothing in the saved code uses it, so it is stored as a name only.
-        return (_placeholder, (type(self.module).__name__,))
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the forward pass compiled for these inputs' shapes, dtypes and settings."""
         if self.mode == "precompiled":
@@ -237,21 +302,24 @@ class PrecompiledCall:
                     _describe(kwargs),
                     torch.is_grad_enabled(),
                     torch.is_inference_mode_enabled(),
+                    torch.is_autocast_enabled(),
                 )
-            except TypeError as e:
-                self._fallback(e)
-            else:
-                with self._lock:
-                    compiled = self._compiled.get(key)
-                    if compiled is None:
-                        try:
-                            compiled = self._load_or_compile(key, args, kwargs)
-                        except Exception as e:
-                            self._fallback(f"{type(e).__name__}: {_first_line(e)}")
-                            return self._jit_forward()(*args, **kwargs)
-                        self._compiled[key] = compiled
-                if compiled.guard_check(self.module, *args, **kwargs):
-                    return compiled(self.module, *args, **kwargs)
-                # The key missed something the compiled code depends on: never run it then.
-                self._fallback("the inputs differ from those it was compiled for")
+            except TypeError as e:  # this call only: others may still use saved code
+                self._note(f"{e}; this call is compiled in the process")
+                return self._jit_forward()(*args, **kwargs)
+            with self._lock:
+                compiled = self._compiled.get(key)
+                if compiled is None:
+                    try:
+                        compiled = self._load_or_compile(key, args, kwargs)
+                    except Exception as e:
+                        self._fallback(f"{type(e).__name__}: {_first_line(e)}")
+                        return self._jit_forward()(*args, **kwargs)
+                    if hasattr(compiled, "disable_guard_check"):
+                        compiled.disable_guard_check()  # checked below, once per call
+                    self._compiled[key] = compiled
+            if compiled.guard_check(self.module, *args, **kwargs):
+                return compiled(self.module, *args, **kwargs)
+            # The key missed something the compiled code depends on: never run it then.
+            self._note("these inputs differ from those it was compiled for")
         return self._jit_forward()(*args, **kwargs)

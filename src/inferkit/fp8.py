@@ -92,6 +92,17 @@ class Fp8Linear(torch.nn.Module):
         self.weight.copy_(data)
         self.weight_scale.copy_(scale)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Fp8Linear:
+        # Casting the network (``.to(torch.float16)``) must not cast the stored format: fp8
+        # values survive a round trip through any wider float exactly; scales stay float32.
+        scale = self.weight_scale
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        if self.weight.dtype != FP8:
+            self.weight.data = self.weight.data.to(FP8)
+        if self.weight_scale.dtype != torch.float32:
+            self._buffers["weight_scale"] = scale.to(self.weight_scale.device)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ weight.T + bias`` with both operands in fp8, in ``x``'s dtype."""
         rows = x.reshape(-1, self.in_features)
