@@ -10,28 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import inferkit
+from checks import assert_same_shapes, rel_err, unet_step
 from inferkit._cuda_graphs import GraphedCall
-from inferkit.zoo.shapes.checker import judge
-
-
-def _unet_step(model: inferkit.Model) -> torch.Tensor:
-    unet = model.pipeline.unet
-    g = torch.Generator().manual_seed(0)
-    size = int(unet.config.sample_size)
-    sample = torch.randn((2, 4, size, size), generator=g)
-    context = torch.randn((2, 77, int(unet.config.cross_attention_dim)), generator=g)
-    with torch.inference_mode():
-        out: torch.Tensor = unet(sample, torch.tensor(500.0), context, return_dict=False)[0]
-    return out
-
-
-def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def test_fast_policy_records_each_speed_up_in_the_decisions(sd1_path: Path) -> None:
@@ -90,7 +74,7 @@ def test_fused_channels_last_unet_step_matches_the_default_in_fp32(sd1_path: Pat
     (relative L2 error under 1e-5)."""
     default = inferkit.Model.load(sd1_path, device="cpu")
     fast = inferkit.Model.load(sd1_path, policy=inferkit.FastPolicy(device="cpu", compile="none"))
-    assert _rel_err(_unet_step(fast), _unet_step(default)) < 1e-5
+    assert rel_err(unet_step(fast), unet_step(default)) < 1e-5
 
 
 def test_shapes_model_draws_the_same_images_on_the_fast_path() -> None:
@@ -100,28 +84,20 @@ def test_shapes_model_draws_the_same_images_on_the_fast_path() -> None:
     fast = inferkit.Model.load(
         "inferkit:shapes", policy=inferkit.FastPolicy(device="cpu", compile="none")
     )
-    for prompt, color, shape in [
+    prompts = [
         ("a red circle on a white background", "red", "circle"),
         ("a blue square on a black background", "blue", "square"),
-    ]:
-        images = [
-            m.infer(prompt, steps=12, seed=5, progress=False).images[0].image
-            for m in (default, fast)
-        ]
-        for image in images:
-            seen = judge(image)
-            assert (seen.color, seen.shape) == (color, shape)
-        a, b = (np.asarray(i, dtype=np.float64) for i in images)
-        assert np.abs(a - b).mean() < 1.0
+    ]
+    assert_same_shapes(default, fast, prompts, mean_levels=1.0)
 
 
 _SECOND_PROCESS = """
 import sys, torch, inferkit
 sys.path.insert(0, {tests!r})
-from test_fast_policy import _unet_step
+from checks import unet_step
 policy = inferkit.FastPolicy(device="cpu", compile="full", cache_dir={cache!r})
 model = inferkit.Model.load({model!r}, policy=policy)
-out = _unet_step(model)
+out = unet_step(model)
 call = model.pipeline.unet.forward
 torch.save(out, {out!r})
 print(call.loaded, call.saved)
@@ -140,8 +116,8 @@ def test_compiled_unet_matches_the_default_and_a_new_process_loads_it(
     fast = inferkit.Model.load(
         sd1_path, policy=inferkit.FastPolicy(device="cpu", compile="full", cache_dir=cache)
     )
-    first = _unet_step(fast)
-    assert _rel_err(first, _unet_step(default)) < 1e-5
+    first = unet_step(fast)
+    assert rel_err(first, unet_step(default)) < 1e-5
     assert "kept whole for new processes" in fast.info.decisions[-2]
     code = _SECOND_PROCESS.format(
         tests=str(Path(__file__).parent),

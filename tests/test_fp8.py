@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import inferkit
 import inferkit.testing
+from checks import assert_same_shapes, rel_err, unet_step
 from inferkit.fp8 import FP8, Fp8Linear, fp8_unsupported
-from inferkit.zoo.shapes.checker import judge
 
 UNIT = 2.0**-4  # e4m3's relative rounding step: 3 mantissa bits, rounding to nearest
 SUBNORMAL_STEP = 2.0**-9  # e4m3's spacing below its smallest normal number (2**-6)
@@ -27,21 +27,6 @@ SUBNORMAL_STEP = 2.0**-9  # e4m3's spacing below its smallest normal number (2**
 
 def fp8_policy() -> inferkit.FastPolicy:
     return inferkit.FastPolicy(device="cpu", compile="none", quantize="fp8")
-
-
-def unet_step(model: inferkit.Model) -> torch.Tensor:
-    unet = model.pipeline.unet
-    g = torch.Generator().manual_seed(0)
-    size = int(unet.config.sample_size)
-    sample = torch.randn((2, 4, size, size), generator=g)
-    context = torch.randn((2, 77, int(unet.config.cross_attention_dim)), generator=g)
-    with torch.inference_mode():
-        out: torch.Tensor = unet(sample, torch.tensor(500.0), context, return_dict=False)[0]
-    return out.float()
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 @settings(max_examples=60, deadline=None)
@@ -155,19 +140,11 @@ def test_the_trained_model_draws_the_same_shapes_in_fp8() -> None:
     default path's, with pixels within 3 levels of 255 on average."""
     default = inferkit.Model.load("inferkit:shapes", device="cpu")
     fp8 = inferkit.Model.load("inferkit:shapes", policy=fp8_policy())
-    for prompt, color, shape in [
+    prompts = [
         ("a red circle on a white background", "red", "circle"),
         ("a green triangle on a white background", "green", "triangle"),
-    ]:
-        images = [
-            m.infer(prompt, steps=12, seed=5, progress=False).images[0].image
-            for m in (default, fp8)
-        ]
-        for image in images:
-            seen = judge(image)
-            assert (seen.color, seen.shape) == (color, shape)
-        a, b = (np.asarray(i, dtype=np.float64) for i in images)
-        assert np.abs(a - b).mean() < 3.0
+    ]
+    assert_same_shapes(default, fp8, prompts, mean_levels=3.0)
 
 
 def test_fp8_is_refused_before_loading_where_it_cannot_run(
