@@ -232,6 +232,13 @@ def diffusers_pipe(arch: str, folder: Path, device: str, dtype: torch.dtype) -> 
 
 
 def unet_inputs(pipe: Any, arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+    """One guided step's UNet inputs, made as the pipeline makes them (inference tensors, the
+    Euler sampler's float32 timestep), so compiled paths reuse the graph of the e2e runs."""
+    with torch.inference_mode():
+        return _unet_inputs(pipe, arch, device, dtype, seed)
+
+
+def _unet_inputs(pipe: Any, arch: str, device: str, dtype: torch.dtype, seed: int) -> Any:
     unet = pipe.unet
     cfg = unet.config
     g = torch.Generator().manual_seed(seed)

@@ -115,6 +115,18 @@ def test_an_argument_it_cannot_key_is_compiled_in_the_process(
     assert (call.mode, call.loaded) == ("precompiled", 1)
 
 
+def test_arguments_left_at_their_defaults_share_the_saved_code(
+    compiled: tuple[Net, Path, torch.Tensor],
+) -> None:
+    """f(x, tag=None) is the same call as f(x): it loads the code saved for f(x) instead of
+    compiling again (the pipeline and a direct call pass optional arguments differently)."""
+    net, folder, out = compiled
+    call = PrecompiledCall(net, folder)
+    with torch.inference_mode():
+        assert torch.equal(call(X, tag=None), out)
+    assert (call.saved, call.loaded) == (0, 1)
+
+
 @pytest.mark.parametrize(
     "other",
     [

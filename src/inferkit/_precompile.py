@@ -205,6 +205,7 @@ class PrecompiledCall:
     ) -> None:
         self.module = module
         self.forward: Callable[..., Any] = module.forward
+        self._signature = inspect.signature(self.forward)
         self.folder = Path(folder) / "precompiled"
         self.extra = extra
         self.loaded = 0
@@ -226,6 +227,15 @@ class PrecompiledCall:
                 stacklevel=3,
             )
         self.mode = "in-process"
+
+    def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Describe the call as the function sees it: ``f(x, tag=None)`` is ``f(x)``."""
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:  # let the call itself report a wrong signature
+            return (_describe(args), _describe(kwargs))
+        bound.apply_defaults()
+        return _describe(dict(bound.arguments))
 
     def _note(self, why: str) -> None:
         if not self._noted:
@@ -298,8 +308,7 @@ class PrecompiledCall:
         if self.mode == "precompiled":
             try:
                 key = (
-                    _describe(args),
-                    _describe(kwargs),
+                    self._arguments(args, kwargs),
                     torch.is_grad_enabled(),
                     torch.is_inference_mode_enabled(),
                     torch.is_autocast_enabled(),
