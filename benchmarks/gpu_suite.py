@@ -507,12 +507,10 @@ def fast_policy(device: str, variant: str, cache: str) -> Any:
     )
 
 
-def stage_estimate(variant: str) -> float:
-    """Seconds a fast variant takes on an H200 for SD 1.5 (compile dominates)."""
-    base = variant.split("-")[0]
-    mode, *flags = base.split("+")
-    seconds = {"none": 15.0, "regional": 30.0, "full": 70.0}[mode]
-    return seconds + 40.0 * ("tune" in flags) + 10.0 * ("fp8" in flags)
+def stage_estimate(policy: Any) -> float:
+    """Seconds a fast policy's stage takes on an H200 for SD 1.5 (compile dominates)."""
+    seconds = {"none": 15.0, "regional": 30.0, "full": 70.0}[policy.compile]
+    return seconds + 40.0 * policy.tune_kernels + 10.0 * (policy.quantize == "fp8")
 
 
 def warm_process(arch: str, source: Path, device: str, variant: str, cache: str) -> None:
@@ -881,7 +879,8 @@ def main() -> None:
                     f"{arch} warm {variant}", warm_process, arch, folder, device, variant, cache
                 )
             continue
-        if not stage(f"{arch} fast {variant}", stage_estimate(variant) * k):
+        policy = fast_policy(device, variant, cache)
+        if not stage(f"{arch} fast {variant}", stage_estimate(policy) * k):
             continue
         guarded(
             f"{arch} fast {variant}",
@@ -892,12 +891,12 @@ def main() -> None:
             steps,
             reps,
             f"inferkit fast {variant}",
-            fast_policy(device, variant, cache),
+            policy,
             ref_out,
             ref_image,
             {},
         )
-        quantize = "fp8" if "fp8" in variant.split("-")[0].split("+") else "none"
+        quantize = policy.quantize
         check = f"shapes {quantize}"
         if "shapes" not in skip and check not in prepared and stage(check, 15 * k):
             prepared[check] = True

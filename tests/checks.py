@@ -3,6 +3,8 @@ embedded model's judged pictures on two paths."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -45,3 +47,18 @@ def assert_same_shapes(
             assert (seen.color, seen.shape) == (color, shape)
         a, b = (np.asarray(i, dtype=np.float64) for i in images)
         assert np.abs(a - b).mean() < mean_levels
+
+
+def raw_sha256(model: inferkit.Model) -> str:
+    """Hash the networks' stored tensors (fp8 values and scales included) as they are now,
+    without making them the model's first."""
+    digest = hashlib.sha256()
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        module = model._components.modules.get(name)
+        if module is None:
+            continue
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            data = tensor.detach().cpu().contiguous().reshape(-1)  # 1-D: any layout, any dtype
+            digest.update(data.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

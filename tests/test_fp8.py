@@ -7,7 +7,6 @@ the same fp8 arithmetic (slowly), so the numerics are checked here.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 import inferkit
 import inferkit.testing
-from checks import assert_same_shapes, rel_err, unet_step
+from checks import assert_same_shapes, raw_sha256, rel_err, unet_step
 from inferkit.fp8 import FP8, Fp8Linear, fp8_unsupported
 
 UNIT = 2.0**-4  # e4m3's relative rounding step: 3 mantissa bits, rounding to nearest
@@ -175,15 +174,6 @@ def test_fp8_names_the_devices_it_runs_on() -> None:
     assert fp8_unsupported("cpu") is None
 
 
-def fp8_state_sha256(model: inferkit.Model) -> str:
-    """The UNet's stored weights, fp8 values and their scales included, as they are now."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model._components.modules["unet"].state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def picture(model: inferkit.Model) -> np.ndarray:
     result = model.infer("a red circle", steps=4, seed=1, progress=False)
     return np.asarray(result.images[0].image, dtype=np.int16)
@@ -205,7 +195,7 @@ def test_a_lora_merges_into_fp8_layers_and_the_base_comes_back_exactly(
     fp8 = inferkit.Model.load(sd1_path, policy=fp8_policy())
     full = inferkit.Model.load(sd1_path, device="cpu")
     path = inferkit.testing.write_lora(tmp_path, fp8, "kohya", text_encoder=False)
-    before_hash, before = fp8_state_sha256(fp8), picture(fp8)
+    before_hash, before = raw_sha256(fp8), picture(fp8)
     layers = [n for n, m in fp8.pipeline.unet.named_modules() if isinstance(m, Fp8Linear)]
     first = {n: fp8.pipeline.unet.get_submodule(n) for n in layers}
     first_scale = {n: m.weight_scale.clone() for n, m in first.items()}
@@ -232,4 +222,4 @@ def test_a_lora_merges_into_fp8_layers_and_the_base_comes_back_exactly(
     assert touched >= 3
     assert np.abs(styled - before).mean() > 5
     assert np.array_equal(picture(fp8), before)
-    assert fp8_state_sha256(fp8) == before_hash
+    assert raw_sha256(fp8) == before_hash

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import inferkit
 import inferkit.testing
+from checks import raw_sha256
 from inferkit.safetensors_io import SafetensorsFile, write_file
 
 PROMPT = "a red circle"
@@ -385,19 +386,6 @@ def test_a_failed_merge_leaves_the_base_weights(
     assert result.params.loras == view.loras
     monkeypatch.undo()
     assert weights_sha256(model) == want
-
-
-def raw_sha256(model: inferkit.Model) -> str:
-    """The weights as they are now, without making them the model's first."""
-    digest = hashlib.sha256()
-    for name in ("unet", "text_encoder", "text_encoder_2"):
-        module = model._components.modules.get(name)
-        if module is None:
-            continue
-        for key, tensor in sorted(module.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _renamed(path: Path, out: Path, rename: object) -> Path:

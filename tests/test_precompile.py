@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from inferkit._arguments import signature
 from inferkit._precompile import (
     PrecompiledCall,
-    _describe,
     _without_instance_forward,
     precompile_supported,
 )
@@ -138,7 +138,7 @@ def test_arguments_left_at_their_defaults_share_the_saved_code(
 )
 def test_inputs_that_compile_differently_are_keyed_apart(other: torch.Tensor) -> None:
     """Shape, dtype, memory layout and requires_grad each change the key (and so the file)."""
-    assert _describe(other) != _describe(torch.zeros(2, 8))
+    assert signature(other) != signature(torch.zeros(2, 8))
 
 
 def test_a_forward_wrapped_for_cuda_graphs_is_still_saved(tmp_path: Path) -> None:

@@ -17,23 +17,12 @@ from typing import Any
 
 import torch
 
+from inferkit._arguments import signature
+from inferkit.errors import first_line
+
 __all__ = ["GraphedCall", "forget_graphs"]
 
 _MAX_GRAPHS = 8
-
-
-def _flatten(value: Any, tensors: list[torch.Tensor]) -> Any:
-    """Return a hashable description of ``value``; collect its tensors in order."""
-    if isinstance(value, torch.Tensor):
-        tensors.append(value)
-        return ("T", tuple(value.shape), value.dtype, value.device, value.stride())
-    if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(_flatten(v, tensors) for v in value))
-    if isinstance(value, dict):
-        return ("dict", tuple((k, _flatten(v, tensors)) for k, v in value.items()))
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return ("V", value)
-    raise TypeError(f"cannot record a CUDA graph over an argument of type {type(value).__name__}")
 
 
 def _rebuild(value: Any, tensors: list[torch.Tensor], position: list[int]) -> Any:
@@ -109,7 +98,7 @@ class GraphedCall:
         try:
             # Inference mode is part of the signature: buffers made inside it cannot be
             # written outside it.
-            key = (_flatten((args, kwargs), tensors), torch.is_inference_mode_enabled())
+            key = (signature((args, kwargs), tensors), torch.is_inference_mode_enabled())
         except TypeError:
             return self.fn(*args, **kwargs)  # an argument no graph can key on: run directly
         if not tensors or not all(t.is_cuda for t in tensors) or torch.is_grad_enabled():
@@ -143,7 +132,7 @@ class GraphedCall:
             torch.cuda.synchronize()
             name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
             warnings.warn(
-                f"inferkit: {name} cannot be recorded as a CUDA graph ({str(e).splitlines()[0]});"
+                f"inferkit: {name} cannot be recorded as a CUDA graph ({first_line(e)});"
                 " it runs without one",
                 RuntimeWarning,
                 stacklevel=3,

@@ -29,6 +29,9 @@ from typing import Any
 
 import torch
 
+from inferkit._arguments import signature
+from inferkit.errors import first_line
+
 __all__ = ["PrecompiledCall", "precompile_supported"]
 
 _FORMAT = "1"  # bump when the identity below changes meaning
@@ -158,40 +161,14 @@ def _without_instance_forward(module: torch.nn.Module) -> Iterator[None]:
             module.__dict__["forward"] = wrapper
 
 
-def _describe(value: Any) -> Any:
-    """Describe one argument hashably: what the compiled code was specialised on."""
-    if isinstance(value, torch.Tensor):
-        return (
-            "tensor",
-            tuple(value.shape),
-            value.stride(),
-            str(value.dtype),
-            str(value.device),
-            value.requires_grad,
-            value.is_inference(),
-        )
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted((str(k), _describe(v)) for k, v in value.items())))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(_describe(v) for v in value))
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return (type(value).__name__, value)
-    raise TypeError(f"cannot key a precompiled call on a {type(value).__name__}")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no message"
-
-
 class PrecompiledCall:
     """Call ``module``'s forward compiled, loading or saving the compiled code in ``folder``.
 
     Example:
         >>> import torch
-        >>> call = PrecompiledCall(torch.nn.Linear(2, 2), "/tmp/none", enabled=False)
-        >>> call.mode
-        'in-process'
+        >>> call = PrecompiledCall(torch.nn.Linear(2, 2), "/tmp/inferkit-doctest")
+        >>> call.saved, call.loaded  # nothing compiled before the first call
+        (0, 0)
 
     """
 
@@ -201,7 +178,6 @@ class PrecompiledCall:
         folder: str | os.PathLike[str],
         *,
         extra: str = "",
-        enabled: bool = True,
     ) -> None:
         self.module = module
         self.forward: Callable[..., Any] = module.forward
@@ -216,7 +192,7 @@ class PrecompiledCall:
         self._lock = threading.Lock()
         self._jit_lock = threading.Lock()
         self._noted = False
-        self.mode = "precompiled" if enabled and precompile_supported() else "in-process"
+        self.mode = "precompiled" if precompile_supported() else "in-process"
 
     def _fallback(self, why: BaseException | str) -> None:
         if self.mode == "precompiled":
@@ -233,9 +209,9 @@ class PrecompiledCall:
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError:  # let the call itself report a wrong signature
-            return (_describe(args), _describe(kwargs))
+            return signature((args, kwargs))
         bound.apply_defaults()
-        return _describe(dict(bound.arguments))
+        return signature(dict(bound.arguments))
 
     def _note(self, why: str) -> None:
         if not self._noted:
@@ -276,7 +252,7 @@ class PrecompiledCall:
                 )
             except Exception as e:  # a stale or damaged file: compile again below
                 warnings.warn(
-                    f"inferkit: ignoring precompiled file {path.name} ({_first_line(e)}); "
+                    f"inferkit: ignoring precompiled file {path.name} ({first_line(e)}); "
                     "compiling again",
                     RuntimeWarning,
                     stacklevel=4,
@@ -294,7 +270,7 @@ class PrecompiledCall:
         except Exception as e:  # still compiled: use it in this process
             warnings.warn(
                 f"inferkit: cannot save compiled {type(self.module).__name__} code to "
-                f"{self.folder} ({type(e).__name__}: {_first_line(e)}); a new process will "
+                f"{self.folder} ({type(e).__name__}: {first_line(e)}); a new process will "
                 "compile it again",
                 RuntimeWarning,
                 stacklevel=4,
@@ -322,7 +298,7 @@ class PrecompiledCall:
                     try:
                         compiled = self._load_or_compile(key, args, kwargs)
                     except Exception as e:
-                        self._fallback(f"{type(e).__name__}: {_first_line(e)}")
+                        self._fallback(f"{type(e).__name__}: {first_line(e)}")
                         return self._jit_forward()(*args, **kwargs)
                     if hasattr(compiled, "disable_guard_check"):
                         compiled.disable_guard_check()  # checked below, once per call

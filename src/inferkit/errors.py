@@ -318,3 +318,19 @@ class InferenceCancelled(InferkitError, RuntimeError):
         super().__init__(f"generation cancelled by the step callback after {step} of {total} steps")
         self.step = step
         self.total = total
+
+
+def first_line(error: BaseException) -> str:
+    r"""Return the first line of ``error``'s message, or its type's name if it has none.
+
+    For quoting a lower library's error inside an inferkit message.
+
+    Example:
+        >>> first_line(RuntimeError("out of memory\ntried to allocate 2 GiB"))
+        'out of memory'
+        >>> first_line(KeyError())
+        'KeyError'
+
+    """
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

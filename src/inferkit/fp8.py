@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 
-__all__ = ["FP8", "Fp8Linear", "Fp8Summary", "fp8_unsupported", "quantize_unet"]
+from inferkit.errors import first_line
+
+__all__ = ["FP8", "Fp8Linear", "fp8_unsupported", "quantize_unet"]
 
 FP8 = torch.float8_e4m3fn
 """The storage format: 4 exponent bits, 3 mantissa bits, largest value 448."""
@@ -62,19 +63,13 @@ class Fp8Linear(torch.nn.Module):
 
     weight_scale: torch.Tensor
 
-    def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype | None = None
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.out_features, self.in_features = (int(n) for n in weight.shape)
         data, scale = _quantize_rows(weight.detach())
         self.weight = torch.nn.Parameter(data, requires_grad=False)
         self.register_buffer("weight_scale", scale)
-        self.bias = (
-            None
-            if bias is None
-            else torch.nn.Parameter(bias.detach().to(dtype or bias.dtype), requires_grad=False)
-        )
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=False)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> Fp8Linear:
@@ -126,26 +121,6 @@ class Fp8Linear(torch.nn.Module):
         )
 
 
-@attrs.frozen
-class Fp8Summary:
-    """What :func:`quantize_unet` converted.
-
-    Example:
-        >>> Fp8Summary(layers=2, weight_bytes_before=4096, weight_bytes_after=2080).saved_bytes
-        2016
-
-    """
-
-    layers: int
-    weight_bytes_before: int
-    weight_bytes_after: int
-
-    @property
-    def saved_bytes(self) -> int:
-        """Bytes of weights no longer held."""
-        return self.weight_bytes_before - self.weight_bytes_after
-
-
 def _copied_into_fused(network: torch.nn.Module) -> set[str]:
     """Layers whose weights ``fuse_qkv_projections`` copied into ``to_qkv``/``to_kv``.
 
@@ -165,12 +140,12 @@ def _in_transformer(name: str) -> bool:
     return ".transformer_blocks." in name or name.endswith((".proj_in", ".proj_out"))
 
 
-def quantize_unet(unet: torch.nn.Module) -> Fp8Summary:
+def quantize_unet(unet: torch.nn.Module) -> int:
     """Replace the linear layers of ``unet``'s transformer blocks with :class:`Fp8Linear`.
 
     Only layers whose sizes are multiples of 16 qualify (fp8 tensor cores need them), and the
     per-timestep embedding layers stay as they are: they multiply one row per image, where fp8
-    saves nothing.
+    saves nothing. Returns how many layers were replaced.
 
     Example:
         >>> import torch
@@ -179,7 +154,7 @@ def quantize_unet(unet: torch.nn.Module) -> Fp8Summary:
         ...         super().__init__()
         ...         self.transformer_blocks = torch.nn.ModuleList([torch.nn.Linear(32, 32)])
         >>> net = torch.nn.Sequential(Block())
-        >>> quantize_unet(net).layers
+        >>> quantize_unet(net)
         1
 
     """
@@ -193,15 +168,10 @@ def quantize_unet(unet: torch.nn.Module) -> Fp8Summary:
         and module.in_features % 16 == 0
         and module.out_features % 16 == 0
     ]
-    before = after = 0
     for name, linear in chosen:
         parent_name, _, child = name.rpartition(".")
-        parent = unet.get_submodule(parent_name)
-        replacement = Fp8Linear.from_linear(linear)
-        before += linear.weight.numel() * linear.weight.element_size()
-        after += replacement.weight.numel() + replacement.weight_scale.numel() * 4
-        setattr(parent, child, replacement)
-    return Fp8Summary(layers=len(chosen), weight_bytes_before=before, weight_bytes_after=after)
+        setattr(unet.get_submodule(parent_name), child, Fp8Linear.from_linear(linear))
+    return len(chosen)
 
 
 def fp8_unsupported(device: str | torch.device) -> str | None:
@@ -233,9 +203,9 @@ def fp8_unsupported(device: str | torch.device) -> str | None:
     try:
         Fp8Linear(probe, None).to(where)(probe.to(torch.bfloat16))
     except (RuntimeError, NotImplementedError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return (
-            f"torch {torch.__version__} cannot run row-scaled fp8 products on {where} ({first}); "
+            f"torch {torch.__version__} cannot run row-scaled fp8 products on {where} "
+            f"({first_line(e)}); "
             "upgrade torch or use quantize='none'"
         )
     return None

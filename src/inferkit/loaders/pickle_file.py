@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from inferkit.errors import UnsupportedModelError
+from inferkit.errors import UnsupportedModelError, first_line
 from inferkit.safetensors_io import DTYPE_NAMES, TensorEntry
 
 __all__ = ["MIN_TORCH", "PickleWeights", "torch_is_safe_for_pickles"]
@@ -100,11 +100,10 @@ class PickleWeights:
         try:
             loaded = self._load(mmap=zipfile.is_zipfile(self.path))
         except Exception as e:  # hostile input: any failure to unpickle means "unreadable"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnsupportedModelError(
-                f"{self.path} could not be read as a weights-only pickle ({first}). It may be "
-                "damaged, or it holds objects other than tensors, which inferkit will not "
-                "unpickle; convert it to .safetensors on a machine you trust",
+                f"{self.path} could not be read as a weights-only pickle ({first_line(e)}). "
+                "It may be damaged, or it holds objects other than tensors, which inferkit will "
+                "not unpickle; convert it to .safetensors on a machine you trust",
                 source=str(self.path),
             ) from e
         self._tensors = _state_dict(loaded, self.path)
