@@ -189,12 +189,11 @@ class PrecompiledCall:
         self._identity: str | None = None
         self._compiled: dict[Any, Any] = {}
         self._jit: Callable[..., Any] | None = None
-        self._lock = threading.Lock()
-        self._jit_lock = threading.Lock()
+        self._lock = threading.RLock()  # compiling in the process may happen while it is held
         self._noted = False
         self.mode = "precompiled" if precompile_supported() else "in-process"
 
-    def _fallback(self, why: BaseException | str) -> None:
+    def _fallback(self, why: str) -> None:
         if self.mode == "precompiled":
             warnings.warn(
                 f"inferkit: cannot keep compiled {type(self.module).__name__} code on disk "
@@ -223,7 +222,7 @@ class PrecompiledCall:
             )
 
     def _jit_forward(self) -> Callable[..., Any]:
-        with self._jit_lock:
+        with self._lock:
             if self._jit is None:
                 self._jit = torch.compile(self.forward, fullgraph=True, dynamic=False)
             return self._jit
@@ -232,8 +231,8 @@ class PrecompiledCall:
         if self._identity is None:
             device = next(self.module.parameters()).device
             self._identity = _module_identity(self.module, device, self.extra)
-        signature = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
-        return self.folder / f"{type(self.module).__name__}-{self._identity}-{signature}.bin"
+        call = hashlib.sha256(repr(key).encode()).hexdigest()[:24]
+        return self.folder / f"{type(self.module).__name__}-{self._identity}-{call}.bin"
 
     def _load_or_compile(self, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         path = self._path(key)
